@@ -131,7 +131,8 @@ def resolve_chat_template(spec: str | os.PathLike) -> ChatTemplate:
     ``spec`` is, in this order of precedence:
       * a literal jinja string (contains ``{%`` or ``{{``) -> name "custom";
       * the name of a shipped template (see :func:`list_templates`);
-      * a path to a ``.jinja`` file (any existing non-JSON file is read as jinja);
+      * a path to a ``.jinja`` file (any existing non-JSON file is read as jinja), or the file name of a file in the
+        shipped folder (``"chatml.json"``);
       * a path to a ``.json`` file: an SGLang/FastChat conversation template (``name``, ``system``, ``user``,
         ``assistant``, ``sep_style``, ``sep``, ``stop_str``; see :func:`sglang_template_to_jinja`) or a transformers
         ``chat_template.json`` (``{"chat_template": "..."}``).
@@ -149,6 +150,8 @@ def resolve_chat_template(spec: str | os.PathLike) -> ChatTemplate:
             path=path,
         )
     path = Path(spec_str).expanduser()
+    if not path.is_file() and (TEMPLATE_DIR / spec_str).is_file():
+        path = TEMPLATE_DIR / spec_str  # a shipped file by its file name, e.g. "chatml.json"
     if path.is_file():
         if path.suffix == ".json":
             return _load_json_template(path)
@@ -226,7 +229,13 @@ def sglang_template_to_jinja(conf: dict[str, Any], source: str = "<dict>") -> Ch
         )
     strings = {
         key: field_(key, required=key in ("system", "user", "assistant"), default=default)
-        for key, default in (("system", None), ("user", None), ("assistant", None), ("sep", "\n"), ("system_message", ""))
+        for key, default in (
+            ("system", None),
+            ("user", None),
+            ("assistant", None),
+            ("sep", "\n"),
+            ("system_message", ""),
+        )
     }
     for key, value in strings.items():
         if not isinstance(value, str):
@@ -323,7 +332,8 @@ def render_conversation(
             f"chat template {_template_label(template)} does not render `tools`; describe the tools in the system "
             "message or use a template that renders them"
         )
-    if has_generation_tags(template):
+    # The generation-tag mask maps character spans to tokens through the fast tokenizer's offsets.
+    if has_generation_tags(template) and getattr(tokenizer, "is_fast", True):
         out = tokenizer.apply_chat_template(
             messages,
             tools=tools,
@@ -333,7 +343,7 @@ def render_conversation(
             add_generation_prompt=False,
         )
         input_ids = list(out["input_ids"])
-        labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(input_ids, out["assistant_masks"])]
+        labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(input_ids, out["assistant_masks"], strict=True)]
     else:
         input_ids, labels = _prefix_diff_labels(tokenizer, messages, tools=tools)
     if max_length is not None:
@@ -341,7 +351,9 @@ def render_conversation(
     return input_ids, labels
 
 
-def _encode_chat(tokenizer, messages, tools, add_generation_prompt: bool, chat_template: str | None = None) -> list[int]:
+def _encode_chat(
+    tokenizer, messages, tools, add_generation_prompt: bool, chat_template: str | None = None
+) -> list[int]:
     return list(
         tokenizer.apply_chat_template(
             messages,

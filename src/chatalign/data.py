@@ -14,6 +14,7 @@ Order of operations per source and split (each step is counted in ``MixStats``):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,7 +38,9 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 # Metadata files that sit next to data files (HF save_to_disk, LLaMA-Factory's dataset registry): never rows.
 _METADATA_FILES = {"dataset_info.json", "dataset_dict.json", "state.json"}
 # A split named in a file stem: a base word, optionally qualified (train_prefs, test_sft), not part of a longer word.
-_SPLIT_IN_NAME = re.compile(r"(?<![A-Za-z0-9])((?:train|test|validation|valid|val|dev|eval)(?:_[A-Za-z]+)*)(?![A-Za-z0-9])")
+_SPLIT_IN_NAME = re.compile(
+    r"(?<![A-Za-z0-9])((?:train|test|validation|valid|val|dev|eval)(?:_[A-Za-z]+)*)(?![A-Za-z0-9])"
+)
 
 TRAIN, TEST = "train", "test"
 SPEC_KEYS = ("fraction", "size", "format", "filter", "split_map")
@@ -95,8 +98,8 @@ def _looks_like_path(spec: str) -> bool:
 def _load_hub(spec: str, split: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(spec, split=split)
-    except ValueError as err:  # datasets says: Unknown split "x". Should be one of ['train', ...].
-        if "split" in str(err).lower():
+    except ValueError as err:  # datasets: 'Unknown split "x". Should be one of [...]' or 'Bad split: x. Available ...'
+        if "Unknown split" in str(err) or "Bad split" in str(err):
             raise MissingSplitError(f"dataset '{spec}' has no split '{split}': {err}") from err
         raise
 
@@ -116,13 +119,13 @@ def _load_local(path: Path, spec: str, split: str) -> datasets.Dataset:
 
 
 def _saved_dataset_split(dataset: datasets.Dataset) -> str:
-    # A Dataset saved from load_dataset(..., split="test") remembers its split; one built in memory does not.
-    return str(dataset.split) if dataset.split else TRAIN
+    # A Dataset saved from load_dataset(..., split="test[:10%]") remembers its split; one built in memory does not.
+    return str(dataset.split).split("[")[0] if dataset.split else TRAIN
 
 
 def split_named_in(file_name: str) -> str | None:
     """The split a data file's name declares (``ultrafeedback_train_prefs.jsonl`` -> ``train_prefs``), else None."""
-    stem = file_name.split(".")[0]
+    stem = file_name[: -len(Path(file_name).suffix)] if Path(file_name).suffix else file_name
     match = _SPLIT_IN_NAME.search(stem)
     return match.group(1) if match else None
 
@@ -141,10 +144,15 @@ def _files_by_split(path: Path, spec: str) -> dict[str, list[Path]]:
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not files:
-        raise ValueError(f"dataset '{spec}': folder holds no data files ({_extensions()}) and is no save_to_disk folder")
+        raise ValueError(
+            f"dataset '{spec}': folder holds no data files ({_extensions()}) and is no save_to_disk folder"
+        )
     by_split: dict[str, list[Path]] = {}
     for file in files:
-        by_split.setdefault(split_named_in(file.name) or TRAIN, []).append(file)
+        # The file name decides; else the nearest folder inside the source that names a split (data/test/0.parquet).
+        names = [file.name, *reversed(file.relative_to(path).parts[:-1])]
+        split = next((s for s in map(split_named_in, names) if s), TRAIN)
+        by_split.setdefault(split, []).append(file)
     return by_split
 
 
@@ -240,7 +248,9 @@ def _parse_entry(name: str, value: Any) -> SourceSpec:
         return SourceSpec(name, SampleSize(fraction=_fraction(name, "weight", value)))
     unknown = sorted(set(value) - set(SPEC_KEYS))
     if unknown:
-        raise ValueError(f"dataset '{name}': unknown key(s) {unknown} in mixer spec (valid keys: {', '.join(SPEC_KEYS)})")
+        raise ValueError(
+            f"dataset '{name}': unknown key(s) {unknown} in mixer spec (valid keys: {', '.join(SPEC_KEYS)})"
+        )
     if "fraction" in value and "size" in value:
         raise ValueError(f"dataset '{name}': give either 'fraction' or 'size', not both")
     if "size" in value:
@@ -255,7 +265,9 @@ def _parse_entry(name: str, value: Any) -> SourceSpec:
         raise ValueError(f"dataset '{name}': 'format' must be an adapter name, got {adapter!r}")
     row_filter = value.get("filter")
     if row_filter is not None and (not isinstance(row_filter, Mapping) or not row_filter):
-        raise ValueError(f"dataset '{name}': 'filter' must be a non-empty mapping column -> value(s), got {row_filter!r}")
+        raise ValueError(
+            f"dataset '{name}': 'filter' must be a non-empty mapping column -> value(s), got {row_filter!r}"
+        )
     split_map = value.get("split_map")
     if split_map is not None and (
         not isinstance(split_map, Mapping) or not all(isinstance(v, str) for v in split_map.values())
@@ -322,6 +334,7 @@ class SourceStats:
     available: int = 0
     after_filter: int = 0
     skipped: Counter = field(default_factory=Counter)
+    valid: int = 0  # rows after normalisation (and schema conversion, which may change the count)
     to_test: int = 0  # rows carved off into the test set (test_split_size)
     carved_from: str | None = None  # for a carved test split: the train split it came from
     dedup_dropped: int = 0
@@ -332,9 +345,13 @@ class SourceStats:
     max_tokens: int | None = None
 
     @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
     def pool(self) -> int:
-        """Rows left to sample from: filtered, valid, not carved off, not duplicates."""
-        return self.after_filter - sum(self.skipped.values()) - self.to_test - self.dedup_dropped
+        """Rows left to sample from: valid, not carved off, not duplicates."""
+        return self.valid - self.to_test - self.dedup_dropped
 
 
 @dataclass
@@ -364,6 +381,7 @@ class MixStats:
                 "available": r.available,
                 "after_filter": r.after_filter,
                 "skipped": dict(r.skipped),
+                "valid": r.valid,
                 "to_test": r.to_test,
                 "dedup_dropped": r.dedup_dropped,
                 "sampled": r.sampled,
@@ -376,10 +394,28 @@ class MixStats:
         ]
 
 
+# (header, SourceStats attribute) of the count columns, in pipeline order.
+_COUNT_COLUMNS = (
+    ("available", "available"),
+    ("filtered", "after_filter"),
+    ("skipped", "n_skipped"),
+    ("valid", "valid"),
+    ("to_test", "to_test"),
+    ("dedup", "dedup_dropped"),
+    ("sampled", "sampled"),
+    ("final", "final"),
+)
+
+
 def format_stats_table(stats: MixStats) -> str:
-    """A readable, column-aligned table of `stats` (one line per source and split, totals per mixed split)."""
+    """A readable, column-aligned table of `stats`: one line per source and split, a total per mixed split.
+
+    Columns: rows available, after the filter, skipped as invalid, valid after normalisation, carved off to the test
+    set, dropped as duplicates, sampled and final (after max_samples); with a tokenizer also mean turns and
+    mean/max tokens per final row. Skipped rows are listed by reason below the table.
+    """
     with_tokens = any(r.mean_tokens is not None for r in stats.rows)
-    header = ["source", "split", "available", "filtered", "skipped", "to_test", "dedup", "sampled", "final"]
+    header = ["source", "split", *(h for h, _ in _COUNT_COLUMNS)]
     if with_tokens:
         header += ["turns", "tok_mean", "tok_max"]
     lines: list[list[str]] = []
@@ -387,26 +423,25 @@ def format_stats_table(stats: MixStats) -> str:
         group = [r for r in stats.rows if _base(r.split) == kind]
         for r in group:
             split = f"{r.split}<-{r.carved_from}" if r.carved_from else r.split
-            line = [r.source, split, r.available, r.after_filter, sum(r.skipped.values()), r.to_test]
-            line += [r.dedup_dropped, r.sampled, r.final]
+            line = [r.source, split, *(str(getattr(r, attr)) for _, attr in _COUNT_COLUMNS)]
             if with_tokens:
-                line += [_num(r.mean_turns), _num(r.mean_tokens), "-" if r.max_tokens is None else r.max_tokens]
-            lines.append([str(v) for v in line])
+                line += [_num(r.mean_turns), _num(r.mean_tokens), "-" if r.max_tokens is None else str(r.max_tokens)]
+            lines.append(line)
         if group:
-            total = ["TOTAL", kind] + [
-                str(sum(getattr(r, f) if f != "skipped" else sum(r.skipped.values()) for r in group))
-                for f in ("available", "after_filter", "skipped", "to_test", "dedup_dropped", "sampled", "final")
-            ]
+            total = ["TOTAL", kind, *(str(sum(getattr(r, attr) for r in group)) for _, attr in _COUNT_COLUMNS)]
             lines.append(total + [""] * (len(header) - len(total)))
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    out = ["  ".join(_cell(v, w, i < 2) for i, (v, w) in enumerate(zip(line, widths))).rstrip() for line in [header, *lines]]
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    out = [
+        "  ".join(_cell(v, w, i < 2) for i, (v, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+        for line in [header, *lines]
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     reasons = [(r, reason, n) for r in stats.rows for reason, n in sorted(r.skipped.items())]
     if reasons:
         out.append("skipped rows by reason:")
         out += [f"  {r.source} [{r.split}] {reason}: {n}" for r, reason, n in reasons]
     if stats.resampled_each_epoch:
-        out.append("train sources are resampled each epoch: 'sampled' is per epoch, 'final' is epoch 0")
+        out.append("train sources are redrawn every epoch: 'sampled' is per epoch, 'final' is epoch 0")
     return "\n".join(out)
 
 
@@ -438,9 +473,12 @@ def _token_stats(dataset: datasets.Dataset, tokenizer: Any, batch_size: int = 10
     turns: list[int] = []
     tokens: list[int] = []
     columns = [c for c in _CONVERSATION_COLUMNS if c in dataset.column_names]
+    if not columns:
+        return 0.0, 0.0, 0
+    conversation_columns = dataset.select_columns(columns)
     for start in range(0, len(dataset), batch_size):
-        batch = dataset.select_columns(columns)[start : start + batch_size]
-        rows = [{c: batch[c][i] for c in columns} for i in range(len(batch[columns[0]]))] if columns else []
+        batch = conversation_columns[start : start + batch_size]
+        rows = [dict(zip(columns, values, strict=True)) for values in zip(*(batch[c] for c in columns), strict=True)]
         conversations = [_conversation_of(row) for row in rows]
         turns += [len(c) for c in conversations]
         texts = ["\n".join(str(m.get("content") or "") for m in c) for c in conversations]
@@ -473,6 +511,7 @@ class EpochResampledDataset(torch.utils.data.Dataset):
         max_samples: int | None = None,
         shuffle: bool = True,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        key: str = TRAIN,
     ):
         if not pools:
             raise ValueError("EpochResampledDataset needs at least one pool")
@@ -481,14 +520,17 @@ class EpochResampledDataset(torch.utils.data.Dataset):
             raise ValueError(f"no sample size for pool(s) {missing}")
         self.names = list(pools)
         self.seed = seed
+        self.key = key  # part of every RNG key, so the train and test mixes draw independently
         self.max_samples = max_samples
         self.shuffle = shuffle
         self.transform = transform
         self.sample_sizes = {name: _as_sample_size(sample_sizes[name], name) for name in self.names}
         lengths = [len(pools[name]) for name in self.names]
-        self.pool_lengths = dict(zip(self.names, lengths))
+        self.pool_lengths = dict(zip(self.names, lengths, strict=True))
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self.pool = pools[self.names[0]] if len(pools) == 1 else datasets.concatenate_datasets([pools[n] for n in self.names])
+        self.pool = (
+            pools[self.names[0]] if len(pools) == 1 else datasets.concatenate_datasets([pools[n] for n in self.names])
+        )
         # Validates every size up front (size > pool raises) and fixes the per-epoch length.
         self.rows_per_source = {n: self.sample_sizes[n].rows(self.pool_lengths[n], n) for n in self.names}
         total = sum(self.rows_per_source.values())
@@ -499,12 +541,13 @@ class EpochResampledDataset(torch.utils.data.Dataset):
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """Indices into ``self.pool`` that back epoch `epoch`, in training order (pure function of seed and epoch)."""
         parts = [
-            self.offsets[i] + sample_indices(self.pool_lengths[n], self.sample_sizes[n], self.seed, n, epoch, source=n)
+            self.offsets[i]
+            + sample_indices(self.pool_lengths[n], self.sample_sizes[n], self.seed, self.key, n, epoch, source=n)
             for i, n in enumerate(self.names)
         ]
         indices = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         if self.shuffle:
-            indices = indices[seeded_rng(self.seed, "order", epoch).permutation(len(indices))]
+            indices = indices[seeded_rng(self.seed, self.key, "order", epoch).permutation(len(indices))]
         return indices[: self._length]
 
     def set_epoch(self, epoch: int) -> None:
@@ -609,57 +652,62 @@ def mix_datasets(
     - resample_each_epoch: also return ``train_resampled``, which redraws fractions/sizes every epoch.
     """
     sources = parse_mixer(dataset_mixer)
+    for source in sources:  # fail on a mistyped path before spending minutes loading the sources before it
+        if _looks_like_path(source.name) and not Path(source.name).expanduser().exists():
+            raise FileNotFoundError(f"dataset '{source.name}': no such file or folder")
     train_splits, test_splits = _route_splits(splits, test_split_size)
     carve = _parse_test_split_size(test_split_size)
     _check_positive("max_samples", max_samples)
     stats = MixStats(resampled_each_epoch=resample_each_epoch)
 
-    # Pools per mixed split, keyed by a label unique per (source, split), in mixer order.
-    train_pools: dict[str, datasets.Dataset] = {}
-    train_sizes: dict[str, SampleSize] = {}
-    test_pools: dict[str, datasets.Dataset] = {}
-    pool_stats: dict[str, SourceStats] = {}
+    # Per mixed split (train, test): pools keyed by a label unique per (source, split), in mixer order.
+    pools: dict[str, dict[str, datasets.Dataset]] = {TRAIN: {}, TEST: {}}
+    sizes: dict[str, dict[str, SampleSize]] = {TRAIN: {}, TEST: {}}
+    pool_stats: dict[str, dict[str, SourceStats]] = {TRAIN: {}, TEST: {}}
     for source in sources:
         row_filter = {**(dataset_filter or {}), **(source.filter or {})}
+        prepare = functools.partial(
+            _prepare, source, schema=schema, row_filter=row_filter, skip_invalid=skip_invalid,
+            dataset_format=dataset_format, stats=stats,
+        )  # fmt: skip
         loaded: dict[str, datasets.Dataset] = {}
         for split in train_splits:
-            loaded[split] = _prepare(source, split, schema, row_filter, skip_invalid, dataset_format, stats)
+            loaded[split] = prepare(split)
         for split in test_splits:
             try:
-                loaded[split] = _prepare(source, split, schema, row_filter, skip_invalid, dataset_format, stats)
-            except MissingSplitError:
+                loaded[split] = prepare(split)
+            except MissingSplitError as err:
                 if carve is None:
-                    raise
-                loaded.update(
-                    _carve_test(source, split, train_splits, loaded, carve, seed, schema, row_filter, skip_invalid,
-                                dataset_format, stats)
+                    raise MissingSplitError(
+                        f"{err}; set test_split_size to carve a test split off its train split, or drop '{split}' "
+                        "from the requested splits"
+                    ) from None
+                loaded.update(_carve_test(source, split, train_splits, loaded, carve, seed, prepare, stats))
+        for kind, group, sample in ((TRAIN, train_splits, source.sample), (TEST, test_splits, SampleSize(1.0))):
+            for split in group:  # test splits are taken whole, as in the handbook
+                label = _label(source.name, split, group)
+                pools[kind][label], sizes[kind][label] = loaded[split], sample
+                pool_stats[kind][label] = stats.get(source.name, split)
+
+    mixed: dict[str, EpochResampledDataset | None] = {TRAIN: None, TEST: None}
+    for kind in (TRAIN, TEST):
+        if not pools[kind]:
+            continue
+        if dedup_column:
+            _dedup(pools[kind], dedup_column, pool_stats[kind])
+        for label, pool in pools[kind].items():
+            pools[kind][label] = _finish_pool(pool, pool_stats[kind][label].source, schema, columns_to_keep)
+            if not len(pool):
+                row = pool_stats[kind][label]
+                logger.warning(
+                    "dataset '%s' split '%s': no rows left after filtering/validation", row.source, row.split
                 )
-        for split in train_splits:
-            label = _label(source.name, split, train_splits)
-            train_pools[label], train_sizes[label] = loaded[split], source.sample
-            pool_stats[label] = stats.get(source.name, split)
-        for split in test_splits:
-            label = _label(source.name, split, test_splits)
-            test_pools[label] = loaded[split]
-            pool_stats[label] = stats.get(source.name, split)
-
-    if dedup_column:
-        for pools in (train_pools, test_pools):
-            _dedup(pools, dedup_column, pool_stats)
-    for pools in (train_pools, test_pools):
-        for label, pool in pools.items():
-            pools[label] = _finish_pool(pool, pool_stats[label].source, schema, columns_to_keep)
-
-    train = test = resampled = None
-    if train_pools:
-        resampled = EpochResampledDataset(train_pools, train_sizes, seed, 0, max_samples, shuffle)
-        train = resampled.materialize(0)
-        _record_final(resampled, pool_stats, tokenizer)
-    if test_pools:
-        whole = EpochResampledDataset(test_pools, dict.fromkeys(test_pools, SampleSize(1.0)), seed, 0, max_samples, shuffle)
-        test = whole.materialize(0)
-        _record_final(whole, pool_stats, tokenizer)
-    return MixedData(train, test, stats, resampled if resample_each_epoch else None)
+        mixed[kind] = EpochResampledDataset(
+            pools[kind], sizes[kind], seed, epoch=0, max_samples=max_samples, shuffle=shuffle, key=kind
+        )
+        _record_final(mixed[kind], pool_stats[kind], tokenizer)
+    train, test = (mixed[k].materialize(0) if mixed[k] is not None else None for k in (TRAIN, TEST))
+    return MixedData(train, test, stats, mixed[TRAIN] if resample_each_epoch else None)
 
 
 def _route_splits(splits: Sequence[str], test_split_size: Any) -> tuple[list[str], list[str]]:
@@ -700,22 +748,22 @@ def _label(source: str, split: str, group: list[str]) -> str:
 def _prepare(
     source: SourceSpec,
     split: str,
+    *,
     schema: str,
     row_filter: Mapping[str, Any],
     skip_invalid: bool,
     dataset_format: str | None,
     stats: MixStats,
-    raw: datasets.Dataset | None = None,
 ) -> datasets.Dataset:
-    """Load (unless given), filter and normalise one split of one source, recording counts."""
-    if raw is None:
-        raw = load_source(source.name, source.source_split(split))
+    """Load, filter and normalise one split of one source, recording counts."""
+    raw = load_source(source.name, source.source_split(split))
     row = stats.add(source.name, split)
     row.available = len(raw)
     raw = _apply_filter(raw, row_filter, source.name, split)
     row.after_filter = len(raw)
     normalised, skipped = _normalise(raw, source, schema, skip_invalid, dataset_format)
     row.skipped.update(skipped)
+    row.valid = len(normalised)
     return normalised
 
 
@@ -732,7 +780,7 @@ def _apply_filter(dataset: datasets.Dataset, row_filter: Mapping[str, Any], name
     columns = list(wanted)
 
     def keep(*values):
-        return [all(v in wanted[c] for c, v in zip(columns, row)) for row in zip(*values)]
+        return [all(v in wanted[c] for c, v in zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
     return dataset.filter(keep, input_columns=columns, batched=True, desc=f"filter {name}")
 
@@ -740,34 +788,40 @@ def _apply_filter(dataset: datasets.Dataset, row_filter: Mapping[str, Any], name
 def _normalise(
     raw: datasets.Dataset, source: SourceSpec, schema: str, skip_invalid: bool, dataset_format: str | None
 ) -> tuple[datasets.Dataset, Counter]:
-    from chatalign import formatting  # imported late: a sibling module, only needed once data is loaded
+    """Normalise to `schema`, converting from the source's own schema where a lossless-enough conversion exists."""
+    from chatalign import formatting  # a sibling module; imported here so importing chatalign.data stays cheap
 
     adapter = source.format or dataset_format
-    native = _native_schema(formatting, raw, adapter)
-    convert = None
-    if native == "preference" and schema in ("unpaired", "sft"):
-        convert = formatting.preference_to_unpaired if schema == "unpaired" else formatting.preference_to_sft
-    target = "preference" if convert else schema
+    native = _native_schema(formatting, raw.column_names, schema, adapter)
+    convert = _conversion(formatting, native, schema)
+    if convert is None:
+        # Same schema, or no conversion: normalize_dataset reports the mismatch / undetectable format itself.
+        return formatting.normalize_dataset(raw, source.name, schema, adapter=adapter, skip_invalid=skip_invalid)
     normalised, skipped = formatting.normalize_dataset(
-        raw, source.name, target, adapter=adapter, skip_invalid=skip_invalid
+        raw, source.name, native, adapter=adapter, skip_invalid=skip_invalid
     )
-    if convert is not None:
-        normalised = convert(normalised)
-    return normalised, Counter(skipped)
+    return convert(normalised), skipped
 
 
-def _native_schema(formatting: Any, raw: datasets.Dataset, adapter: str | None) -> str | None:
-    """The canonical schema a source's rows map to (None when unknown: let normalize_dataset decide)."""
-    try:
-        detected = adapter or formatting.detect_format(raw.column_names)
-    except Exception:  # noqa: BLE001 -- undetectable here: normalize_dataset reports it with row context
-        return None
-    return _schema_of_adapter(formatting, detected)
+def _native_schema(formatting: Any, columns: list[str], schema: str, adapter: str | None) -> str | None:
+    """The schema the source's rows are in: its adapter's, else `schema` when detectable as such, else any detected."""
+    if adapter is not None and adapter != "auto":
+        return formatting.get_adapter(adapter).schema
+    for wanted in (schema, None):
+        try:
+            return formatting.get_adapter(formatting.detect_format(columns, wanted)).schema
+        except ValueError:
+            continue
+    return None
 
 
-def _schema_of_adapter(formatting: Any, adapter: Any) -> str | None:
-    # Placeholder until formatting.py exists; replaced by its adapter registry lookup.
-    return getattr(adapter, "schema", None)
+def _conversion(formatting: Any, native: str | None, schema: str) -> Callable | None:
+    conversions = {
+        ("preference", "unpaired"): formatting.preference_to_unpaired,
+        ("preference", "sft"): formatting.preference_to_sft,
+        ("sft", "prompt"): lambda ds: formatting.sft_to_prompt(ds),
+    }
+    return conversions.get((native, schema))
 
 
 def _carve_test(
@@ -777,10 +831,7 @@ def _carve_test(
     loaded: dict[str, datasets.Dataset],
     carve: float | int,
     seed: int,
-    schema: str,
-    row_filter: Mapping[str, Any],
-    skip_invalid: bool,
-    dataset_format: str | None,
+    prepare: Callable[[str], datasets.Dataset],
     stats: MixStats,
 ) -> dict[str, datasets.Dataset]:
     """Split rows off the train split matching `test_split` (test_sft <- train_sft, else the first train split)."""
@@ -790,11 +841,11 @@ def _carve_test(
     if parent in loaded:
         pool = loaded[parent]
     else:  # no train split requested from this source: load one just to carve from
-        pool = _prepare(source, parent, schema, row_filter, skip_invalid, dataset_format, stats)
+        pool = prepare(parent)
     parent_stats = stats.get(source.name, parent)
     if parent_stats.to_test:
         raise ValueError(f"dataset '{source.name}': two test splits would be carved off '{parent}'; request only one")
-    n_test = math.ceil(carve * len(pool)) if isinstance(carve, float) else carve
+    n_test = math.ceil(carve * len(pool) - _EPS) if isinstance(carve, float) else carve
     if n_test >= len(pool):
         raise ValueError(
             f"dataset '{source.name}': test_split_size {carve} leaves no training rows in '{parent}' ({len(pool)} rows)"
@@ -803,7 +854,7 @@ def _carve_test(
     test_rows, train_rows = np.sort(order[:n_test]), np.sort(order[n_test:])
     parent_stats.to_test = n_test
     carved = stats.add(source.name, test_split)
-    carved.available = carved.after_filter = n_test
+    carved.available = carved.after_filter = carved.valid = n_test
     carved.carved_from = parent
     out = {test_split: pool.select(test_rows)}
     if parent in loaded:
@@ -837,17 +888,11 @@ def _finish_pool(
     if "source" not in pool.column_names:
         pool = pool.add_column("source", [source] * len(pool))
     if columns_to_keep is not None:
-        keep = set(columns_to_keep) | set(_SCHEMA_COLUMNS.get(schema, ())) | {"source"}
+        from chatalign.formatting import REQUIRED_COLUMNS
+
+        keep = set(columns_to_keep) | set(REQUIRED_COLUMNS[schema]) | {"source"}
         pool = pool.remove_columns([c for c in pool.column_names if c not in keep])
     return pool
-
-
-_SCHEMA_COLUMNS = {
-    "sft": ("messages",),
-    "preference": ("prompt", "chosen", "rejected"),
-    "unpaired": ("prompt", "completion", "label"),
-    "prompt": ("prompt",),
-}
 
 
 def _record_final(mixed: EpochResampledDataset, pool_stats: dict[str, SourceStats], tokenizer: Any) -> None:

@@ -8,7 +8,8 @@ Four row schemas are used everywhere else in chatalign:
 - ``prompt``:     ``{"prompt": [msg, ...]}``.
 
 A message is ``{"role": ..., "content": str}`` with role one of system, user, assistant, tool. Optional columns per
-schema are listed in :data:`OPTIONAL_COLUMNS`.
+schema are listed in :data:`OPTIONAL_COLUMNS`. An unpaired ``label`` is a bool; the ints 0 and 1 are accepted and
+converted (KTO files often store them), any other value (2, "true", 1.0, None) is a row error.
 
 Conversation rules (checked by :func:`validate_messages`): the list is non-empty; a system message may only be the
 first; the first non-system message is from the user; user and assistant alternate; a tool message may only follow an
@@ -304,6 +305,8 @@ def validate_unpaired_row(row: Mapping) -> RowProblem | None:
     label, problem = _required(row, "label")
     if problem is not None:
         return problem
+    if label is None:
+        return RowProblem("label", "missing value", "value is missing")
     if not isinstance(label, bool):
         shown = repr(label) if isinstance(label, (int, float, str)) else _type_name(label)
         return RowProblem("label", "bad label", f"label must be a bool (or 0/1), got {shown}")
@@ -381,16 +384,16 @@ def schema_features(schema: str, optional_columns: Iterable[str] = ()):
     message_list = List({"role": Value("string"), "content": Value("string")})
     features = {}
     for column in (*REQUIRED_COLUMNS[schema], *optional_columns):
+        if column not in REQUIRED_COLUMNS[schema] + OPTIONAL_COLUMNS[schema]:
+            raise ValueError(f"column '{column}' is not part of schema '{schema}'")
         if column in MESSAGE_LIST_COLUMNS:
             features[column] = message_list
         elif column == "label":
             features[column] = Value("bool")
         elif column in FLOAT_COLUMNS:
             features[column] = Value("float64")
-        elif column in STRING_COLUMNS:
-            features[column] = Value("string")
         else:
-            raise ValueError(f"column '{column}' is not part of schema '{schema}'")
+            features[column] = Value("string")
     return Features(features)
 
 
@@ -482,6 +485,11 @@ def register_adapter(
         return fn
 
     return decorator
+
+
+def unregister_adapter(name: str) -> None:
+    """Remove a registered adapter (KeyError if unknown); mainly for plugins and tests that register their own."""
+    del _ADAPTERS[name]
 
 
 def get_adapter(name: str) -> Adapter:
@@ -1164,14 +1172,21 @@ def _convert_row(adapter: Adapter, raw: Mapping, schema: str, optional_columns: 
     return out
 
 
-def normalize_dataset(ds, source_name: str, schema: str, adapter: str | None = None, skip_invalid: bool = False):
+def normalize_dataset(
+    ds,
+    source_name: str,
+    schema: str,
+    adapter: str | None = None,
+    skip_invalid: bool = False,
+    options: Mapping[str, Any] | None = None,
+):
     """Convert ``ds`` to canonical ``schema`` rows with ``adapter`` (auto-detected when None or "auto"), validating.
 
     Returns ``(dataset, Counter of skipped rows by reason)``. Missing columns are reported before any row is read.
     Without ``skip_invalid`` the first bad row raises DataValidationError ("dataset 'x' row 12, field 'messages[3]
     .role': ..."); with it bad rows are dropped and counted. Columns outside the schema are dropped, except the
     schema's optional columns (see OPTIONAL_COLUMNS) when present. One pass (batched map, never served from cache
-    so that the counts are always filled).
+    so that the counts are always filled). ``options`` go to whole-dataset formats (oasst: best_only, lang).
     """
     from datasets import Dataset
 
@@ -1199,15 +1214,24 @@ def normalize_dataset(ds, source_name: str, schema: str, adapter: str | None = N
             reason="missing column",
         )
     counts: Counter = Counter()
+    if options and chosen.convert_dataset is None:
+        raise ValueError(f"format '{chosen.name}' takes no options (got {', '.join(options)})")
 
     if chosen.convert_dataset is not None:
-        rows = chosen.convert_dataset(ds, source=source_name, skip_invalid=skip_invalid, counts=counts)
+        # Only the tree fields are read; skipping the wide annotation columns (detoxify, labels, emojis) saves time.
+        wanted = {"message_id", "parent_id", "role", "text", "lang", "rank", "deleted", "review_result"}
+        ds = ds.select_columns([c for c in columns if c in wanted or c == "message_tree_id"])
+        rows = chosen.convert_dataset(
+            ds, source=source_name, skip_invalid=skip_invalid, counts=counts, **dict(options or {})
+        )
         optional = [c for c in OPTIONAL_COLUMNS[schema] if any(c in r for r in rows)]
         features = schema_features(schema, optional)
         return Dataset.from_list([{c: r.get(c) for c in features} for r in rows], features=features), counts
 
     optional = [c for c in OPTIONAL_COLUMNS[schema] if c in chosen.emits or c in columns]
     features = schema_features(schema, optional)
+    if len(ds) == 0:  # datasets' map skips the function (and our features) on empty datasets
+        return Dataset.from_dict({column: [] for column in features}, features=features), counts
 
     def convert_batch(batch: dict, indices: list[int]) -> dict:
         out: dict[str, list] = {column: [] for column in features}
@@ -1254,6 +1278,10 @@ def _map_rows(ds, fn: Callable[[dict, int], list[dict]], schema: str, optional: 
     """Batched map calling ``fn(row, index)`` for every row; fn returns the output rows (any number)."""
     features = schema_features(schema, optional)
     columns = list(ds.column_names)
+    if len(ds) == 0:
+        from datasets import Dataset
+
+        return Dataset.from_dict({column: [] for column in features}, features=features)
 
     def batch_fn(batch: dict, indices: list[int]) -> dict:
         out: dict[str, list] = {column: [] for column in features}

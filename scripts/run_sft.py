@@ -1,0 +1,117 @@
+"""Supervised fine-tuning of a chat model: full, LoRA or QLoRA, assistant-only loss, packing or padding-free batches.
+
+    python scripts/run_sft.py recipes/smollm2-135m/sft/config_full.yaml
+    accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml scripts/run_sft.py \
+        recipes/zephyr-7b-beta/sft/config_full.yaml --learning_rate=1e-5
+
+Conversations are rendered with the chat template to (input_ids, labels) by chatalign, so every system, user and
+tool-output token is masked (including the code-output user turns of math chats) and TRL trains on exactly those
+labels. Rows longer than max_length are truncated or dropped (`overflow`), and both are counted in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from chatalign.configs import ChatalignParser, DataArguments, write_run_args
+from chatalign.training import ModelArguments
+
+logger = logging.getLogger("run_sft")
+
+
+@dataclass
+class SFTScriptArguments:
+    overflow: Literal["truncate", "drop"] = field(
+        default="truncate", metadata={"help": "Rows longer than max_length: 'truncate' (keep the start) or 'drop'."}
+    )
+
+
+def main(argv=None):
+    from trl import SFTConfig
+
+    parser = ChatalignParser([ModelArguments, DataArguments, SFTConfig, SFTScriptArguments])
+    model_args, data_args, training_args, script_args = parser.parse(argv)
+    configs = (model_args, data_args, training_args, script_args)
+
+    from trl import SFTTrainer
+
+    from chatalign.chat_templates import preflight_report
+    from chatalign.data import ResampleEachEpochCallback
+    from chatalign.training import (
+        RecordRunArgsCallback,
+        load_mixture,
+        load_model,
+        load_tokenizer,
+        peft_config,
+        resolve_resume_checkpoint,
+        save_run,
+        setup_logging,
+        tokenize_sft,
+    )
+
+    # 1. Logging, checks that need no data, and the resolved config
+    setup_logging(training_args)
+    checkpoint = resolve_resume_checkpoint(training_args)
+    if training_args.process_index == 0:
+        write_run_args(training_args.output_dir, configs)
+
+    # 2. Tokenizer and data: mixed, validated, rendered to (input_ids, labels)
+    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    with training_args.main_process_first(desc="dataset preparation"):
+        mixture = load_mixture(data_args, "sft", training_args.seed, tokenizer)
+        report, warnings = preflight_report(tokenizer, mixture.train[0]["messages"], color=False)
+        logger.info("pre-flight: first training example, trained tokens in [[ ]]:\n%s", report)
+        for warning in warnings:
+            logger.warning("pre-flight: %s", warning)
+        train_dataset, train_counts = tokenize_sft(mixture.train, tokenizer, training_args.max_length,
+                                                   script_args.overflow, "train")
+        eval_dataset, eval_counts = (None, {})
+        if mixture.test is not None and training_args.eval_strategy != "no":
+            eval_dataset, eval_counts = tokenize_sft(mixture.test, tokenizer, training_args.max_length,
+                                                     script_args.overflow, "test")
+
+    # 3. Model. Rows are already rendered and cut to max_length, so TRL must not truncate again; padding-free
+    # batches without packing require max_length=None in TRL.
+    model = load_model(model_args, training_args, tokenizer)
+    if training_args.padding_free and not training_args.packing:
+        training_args.max_length = None
+
+    # 4. Trainer
+    callbacks = [RecordRunArgsCallback(configs)]
+    if mixture.train_resampled is not None:
+        train_dataset = mixture.train_resampled.map_pools(
+            lambda ds: tokenize_sft(ds, tokenizer, training_args.max_length, script_args.overflow, "train")[0])
+        callbacks.append(ResampleEachEpochCallback(train_dataset))
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(model_args),
+        callbacks=callbacks,
+    )
+
+    # 5. Train
+    logger.info("training on %d rows (%s)", len(train_dataset), train_counts)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics, train_samples=len(train_dataset))
+    trainer.log_metrics("train", metrics)
+    trainer.save_state()
+
+    # 6. Save: final model (full even under ZeRO-3), tokenizer with its chat template, run_args, train_results
+    save_run(trainer, configs, metrics, {"train": train_counts, "test": eval_counts})
+
+    # 7. Evaluate
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+    logger.info("done: %s", training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

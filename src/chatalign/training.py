@@ -1,0 +1,215 @@
+"""What every training script shares: model arguments, tokenizer and model loading, resume, and saving a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+from trl import ModelConfig
+
+from chatalign.configs import write_run_args
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's ModelConfig plus what chatalign's loading needs."""
+
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Default: model_name_or_path."})
+    keep_pad_equal_eos: bool = field(
+        default=False, metadata={"help": "Keep a pad token equal to eos (default: use a distinct pad token)."}
+    )
+
+
+def setup_logging(training_args) -> None:
+    """chatalign and the script log at INFO on the main process; libraries follow the Trainer's log level."""
+    import datasets
+    import transformers
+
+    main_process = training_args is None or training_args.process_index == 0
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)],
+                        level=logging.INFO if main_process else logging.WARNING)
+    library_level = training_args.get_process_log_level() if training_args is not None else logging.WARNING
+    datasets.utils.logging.set_verbosity(library_level)
+    transformers.utils.logging.set_verbosity(library_level)
+
+
+def load_tokenizer(model_args: ModelArguments, chat_template: str | None, trust_remote_code: bool = False):
+    """The tokenizer with the recipe's chat template, or the checkpoint's own; a template is required."""
+    from chatalign.model_utils import load_tokenizer as _load
+
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    tokenizer = _load(name, revision=model_args.model_revision, trust_remote_code=trust_remote_code,
+                      chat_template=chat_template)
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer of '{name}' has no chat template: set chat_template in the recipe "
+                         "(a shipped name such as chatml or zephyr, a .jinja file or a jinja string)")
+    return tokenizer
+
+
+def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_or_path: str | None = None):
+    """A causal LM in the recipe's dtype and attention, quantized where asked, with a pad token distinct from eos."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    from chatalign.model_utils import check_quantization_request, ensure_pad_token
+
+    check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
+    quantization_config = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    kwargs = dict(revision=model_args.model_revision, dtype=dtype,
+                  trust_remote_code=getattr(training_args, "trust_remote_code", False))
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quantization_config is not None:
+        from accelerate import PartialState
+
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path or model_args.model_name_or_path, **kwargs)
+    action = ensure_pad_token(tokenizer, model, keep_pad_equal_eos=model_args.keep_pad_equal_eos)
+    logger.info("pad token: %s", action)
+    if getattr(training_args, "gradient_checkpointing", False):
+        model.config.use_cache = False
+    return model
+
+
+def peft_config(model_args: ModelArguments):
+    from trl import get_peft_config
+
+    return get_peft_config(model_args)
+
+
+def resolve_resume_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint=true` means the newest checkpoint in output_dir; none there means a fresh start."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "no", "0", ""):
+        return None
+    if str(value).lower() in ("true", "yes", "1"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            logger.info("no checkpoint in %s: starting from scratch", training_args.output_dir)
+        else:
+            logger.info("resuming from %s", last)
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"resume_from_checkpoint: '{value}' is not a checkpoint folder")
+    return value
+
+
+class RecordRunArgsCallback(TrainerCallback):
+    """Rewrites run_args.yaml once training has begun, when the wandb run (if any) exists and has an id."""
+
+    def __init__(self, configs, extra: dict | None = None):
+        self.configs = configs
+        self.extra = extra or {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_run_args(args.output_dir, self.configs, extra=self.extra)
+
+
+def save_run(trainer, configs, metrics: dict, data_counts: dict | None = None) -> None:
+    """Save the final model (gathered under ZeRO-3), its tokenizer and template, run_args.yaml, train_results.json."""
+    args = trainer.args
+    # Trainer.save_model gathers ZeRO-3 shards into a full state dict when the DeepSpeed config sets
+    # stage3_gather_16bit_weights_on_model_save (our zero3 accelerate config does), so the end-of-training
+    # checkpoint loads with from_pretrained.
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(args.output_dir)
+        results = dict(metrics)
+        if data_counts:
+            results["data"] = data_counts
+        Path(args.output_dir, "train_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_run_args(args.output_dir, configs)
+        if getattr(trainer.model, "config", None) is not None:
+            trainer.model.config.use_cache = True
+            trainer.model.config.save_pretrained(args.output_dir)
+    if args.push_to_hub:
+        trainer.push_to_hub(tags=["chatalign"])
+
+
+def count_summary(counter: Counter) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items())) or "none"
+
+
+def load_mixture(data_args, schema: str, seed: int, tokenizer=None):
+    """The recipe's dataset mixture normalised to `schema`, with its stats table logged (printed when asked)."""
+    from chatalign.data import format_stats_table, mix_datasets
+
+    if not data_args.dataset_mixer:
+        raise ValueError("the recipe has no dataset_mixer: name at least one dataset source")
+    mixture = mix_datasets(
+        data_args.dataset_mixer, schema, splits=data_args.dataset_splits, test_split_size=data_args.test_split_size,
+        seed=seed, dataset_filter=data_args.dataset_filter, dedup_column=data_args.dedup_column,
+        max_samples=data_args.max_samples, skip_invalid=data_args.skip_invalid,
+        dataset_format=data_args.dataset_format, tokenizer=tokenizer if data_args.show_dataset_stats else None,
+        resample_each_epoch=data_args.resample_each_epoch,
+    )
+    table = format_stats_table(mixture.stats)
+    if data_args.show_dataset_stats:
+        print(table, flush=True)
+    else:
+        logger.info("dataset mixture:\n%s", table)
+    if mixture.train is None or len(mixture.train) == 0:
+        raise ValueError(f"the mixture has no training rows (splits {data_args.dataset_splits})")
+    return mixture
+
+
+def tokenize_sft(dataset, tokenizer, max_length: int | None, overflow: str = "truncate", split: str = "train"):
+    """Render `messages` rows to `input_ids` + `labels` (assistant tokens only); count what max_length cuts.
+
+    Returns the tokenized dataset and counts: rows truncated, rows dropped as too long (overflow='drop'), rows
+    dropped because no assistant token survived. Nothing is dropped silently.
+    """
+    from chatalign.chat_templates import IGNORE_INDEX, render_conversation
+
+    has_tools = "tools" in dataset.column_names
+
+    def render(batch):
+        out = {"input_ids": [], "labels": [], "_full_length": []}
+        tools = batch["tools"] if has_tools else [None] * len(batch["messages"])
+        for messages, row_tools in zip(batch["messages"], tools):
+            ids, labels = render_conversation(tokenizer, messages, tools=row_tools or None)
+            out["_full_length"].append(len(ids))
+            if max_length is not None:
+                ids, labels = ids[:max_length], labels[:max_length]
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+        return out
+
+    tokenized = dataset.map(render, batched=True, remove_columns=dataset.column_names,
+                            desc=f"rendering {split} conversations")
+    full = tokenized["_full_length"]
+    too_long = [n > max_length for n in full] if max_length is not None else [False] * len(full)
+    trainable = [any(x != IGNORE_INDEX for x in labels) for labels in tokenized["labels"]]
+    counts = Counter()
+    keep = []
+    for i, (long_row, has_target) in enumerate(zip(too_long, trainable)):
+        if long_row and overflow == "drop":
+            counts["dropped: longer than max_length"] += 1
+        elif not has_target:
+            counts["dropped: no assistant token within max_length" if long_row else "dropped: no assistant turn"] += 1
+        else:
+            counts["truncated to max_length" if long_row else "kept whole"] += 1
+            keep.append(i)
+    if len(keep) < len(tokenized):
+        tokenized = tokenized.select(keep)
+    tokenized = tokenized.remove_columns("_full_length")
+    logger.info("%s rows after rendering (max_length=%s, overflow=%s): %s", split, max_length, overflow,
+                count_summary(counts))
+    if len(tokenized) == 0:
+        raise ValueError(f"no {split} row has an assistant token within max_length={max_length}: {dict(counts)}")
+    return tokenized, dict(counts)
