@@ -39,6 +39,7 @@ def main(argv=None):
 
     from chatalign.chat_templates import preflight_report
     from chatalign.data import ResampleEachEpochCallback
+    from chatalign.model_utils import check_quantization_request
     from chatalign.training import (
         RecordRunArgsCallback,
         load_mixture,
@@ -48,11 +49,13 @@ def main(argv=None):
         resolve_resume_checkpoint,
         save_run,
         setup_logging,
+        sft_renderer,
         tokenize_sft,
     )
 
     # 1. Logging, checks that need no data, and the resolved config
     setup_logging(training_args)
+    check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
     checkpoint = resolve_resume_checkpoint(training_args)
     if training_args.process_index == 0:
         write_run_args(training_args.output_dir, configs)
@@ -75,15 +78,20 @@ def main(argv=None):
     # 3. Model. Rows are already rendered and cut to max_length, so TRL must not truncate again; padding-free
     # batches without packing require max_length=None in TRL.
     model = load_model(model_args, training_args, tokenizer)
+    max_length = training_args.max_length
     if training_args.padding_free and not training_args.packing:
         training_args.max_length = None
 
     # 4. Trainer
     callbacks = [RecordRunArgsCallback(configs)]
+    resampled = None
     if mixture.train_resampled is not None:
-        train_dataset = mixture.train_resampled.map_pools(
-            lambda ds: tokenize_sft(ds, tokenizer, training_args.max_length, script_args.overflow, "train")[0])
-        callbacks.append(ResampleEachEpochCallback(train_dataset))
+        # Every pool row is rendered once; rows longer than max_length are truncated whatever `overflow` says,
+        # because dropping rows would change the per-source sizes that each epoch redraws.
+        pools = mixture.train_resampled
+        resampled = pools.map_pools(sft_renderer(tokenizer, max_length), batched=True,
+                                    remove_columns=pools.pool.column_names)
+        callbacks.append(ResampleEachEpochCallback(resampled))
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -93,6 +101,9 @@ def main(argv=None):
         peft_config=peft_config(model_args),
         callbacks=callbacks,
     )
+    if resampled is not None:
+        # TRL only accepts a datasets.Dataset (epoch 0 above); the Trainer then reads whatever train_dataset is.
+        trainer.train_dataset = train_dataset = resampled
 
     # 5. Train
     logger.info("training on %d rows (%s)", len(train_dataset), train_counts)

@@ -6,6 +6,7 @@ user would give them and need no test-only branch.
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,7 @@ def load_script(name: str):
     path = REPO / "scripts" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"chatalign_script_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 

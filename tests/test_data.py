@@ -365,6 +365,12 @@ def test_preference_sources_convert_to_sft_and_unpaired(data_dir):
     assert Counter(both.train["source"]) == {dpo: 300, kto: 10}
 
 
+def test_sft_sources_convert_to_prompts(two_sources):
+    a, _ = two_sources
+    prompts = mix_datasets({a: 1}, "prompt", splits=["train"], shuffle=False).train
+    assert prompts[3]["prompt"] == [{"role": "user", "content": "A-q3"}] and prompts[3]["reference"] == "A-a3"
+
+
 def test_per_source_format_overrides_detection(tmp_path):
     rows = [{"instruction": f"do {i}", "input": "", "output": f"done {i}"} for i in range(5)]
     path = write_jsonl(tmp_path / "alpaca.jsonl", rows)
@@ -577,7 +583,8 @@ def test_stats_table_lists_skip_reasons_and_logs(tmp_path, caplog):
 
 
 def test_trainer_sees_a_fresh_subset_each_epoch(tiny_model_dir, tmp_path):
-    """The callback runs before the epoch's data loader is iterated, so each epoch trains on its own draw."""
+    """Each epoch trains on its own draw. (On one process accelerate's DataLoaderShard.set_epoch also forwards to the
+    dataset; with several processes it stops at the sharded sampler, which is why the callback exists.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

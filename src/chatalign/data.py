@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from chatalign import formatting
+
 logger = logging.getLogger(__name__)
 
 # File extension -> packaged `datasets` builder that reads it.
@@ -789,11 +791,9 @@ def _normalise(
     raw: datasets.Dataset, source: SourceSpec, schema: str, skip_invalid: bool, dataset_format: str | None
 ) -> tuple[datasets.Dataset, Counter]:
     """Normalise to `schema`, converting from the source's own schema where a lossless-enough conversion exists."""
-    from chatalign import formatting  # a sibling module; imported here so importing chatalign.data stays cheap
-
     adapter = source.format or dataset_format
-    native = _native_schema(formatting, raw.column_names, schema, adapter)
-    convert = _conversion(formatting, native, schema)
+    native = _native_schema(raw.column_names, schema, adapter)
+    convert = _conversion(native, schema)
     if convert is None:
         # Same schema, or no conversion: normalize_dataset reports the mismatch / undetectable format itself.
         return formatting.normalize_dataset(raw, source.name, schema, adapter=adapter, skip_invalid=skip_invalid)
@@ -803,7 +803,7 @@ def _normalise(
     return convert(normalised), skipped
 
 
-def _native_schema(formatting: Any, columns: list[str], schema: str, adapter: str | None) -> str | None:
+def _native_schema(columns: list[str], schema: str, adapter: str | None) -> str | None:
     """The schema the source's rows are in: its adapter's, else `schema` when detectable as such, else any detected."""
     if adapter is not None and adapter != "auto":
         return formatting.get_adapter(adapter).schema
@@ -815,11 +815,11 @@ def _native_schema(formatting: Any, columns: list[str], schema: str, adapter: st
     return None
 
 
-def _conversion(formatting: Any, native: str | None, schema: str) -> Callable | None:
+def _conversion(native: str | None, schema: str) -> Callable | None:
     conversions = {
         ("preference", "unpaired"): formatting.preference_to_unpaired,
         ("preference", "sft"): formatting.preference_to_sft,
-        ("sft", "prompt"): lambda ds: formatting.sft_to_prompt(ds),
+        ("sft", "prompt"): formatting.sft_to_prompt,
     }
     return conversions.get((native, schema))
 
@@ -888,9 +888,7 @@ def _finish_pool(
     if "source" not in pool.column_names:
         pool = pool.add_column("source", [source] * len(pool))
     if columns_to_keep is not None:
-        from chatalign.formatting import REQUIRED_COLUMNS
-
-        keep = set(columns_to_keep) | set(REQUIRED_COLUMNS[schema]) | {"source"}
+        keep = set(columns_to_keep) | set(formatting.REQUIRED_COLUMNS[schema]) | {"source"}
         pool = pool.remove_columns([c for c in pool.column_names if c not in keep])
     return pool
 

@@ -168,28 +168,35 @@ def load_mixture(data_args, schema: str, seed: int, tokenizer=None):
     return mixture
 
 
+def sft_renderer(tokenizer, max_length: int | None, with_full_length: bool = False):
+    """A batched `Dataset.map` function: `messages` (and `tools`) -> `input_ids`, `labels`, cut to max_length."""
+    from chatalign.chat_templates import render_conversation
+
+    def render(batch):
+        out = {"input_ids": [], "labels": []}
+        if with_full_length:
+            out["_full_length"] = []
+        for i, messages in enumerate(batch["messages"]):
+            tools = batch["tools"][i] if "tools" in batch else None
+            ids, labels = render_conversation(tokenizer, messages, tools=tools or None)
+            if with_full_length:
+                out["_full_length"].append(len(ids))
+            out["input_ids"].append(ids[:max_length] if max_length is not None else ids)
+            out["labels"].append(labels[:max_length] if max_length is not None else labels)
+        return out
+
+    return render
+
+
 def tokenize_sft(dataset, tokenizer, max_length: int | None, overflow: str = "truncate", split: str = "train"):
     """Render `messages` rows to `input_ids` + `labels` (assistant tokens only); count what max_length cuts.
 
     Returns the tokenized dataset and counts: rows truncated, rows dropped as too long (overflow='drop'), rows
     dropped because no assistant token survived. Nothing is dropped silently.
     """
-    from chatalign.chat_templates import IGNORE_INDEX, render_conversation
+    from chatalign.chat_templates import IGNORE_INDEX
 
-    has_tools = "tools" in dataset.column_names
-
-    def render(batch):
-        out = {"input_ids": [], "labels": [], "_full_length": []}
-        tools = batch["tools"] if has_tools else [None] * len(batch["messages"])
-        for messages, row_tools in zip(batch["messages"], tools):
-            ids, labels = render_conversation(tokenizer, messages, tools=row_tools or None)
-            out["_full_length"].append(len(ids))
-            if max_length is not None:
-                ids, labels = ids[:max_length], labels[:max_length]
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-        return out
-
+    render = sft_renderer(tokenizer, max_length, with_full_length=True)
     tokenized = dataset.map(render, batched=True, remove_columns=dataset.column_names,
                             desc=f"rendering {split} conversations")
     full = tokenized["_full_length"]

@@ -1,0 +1,121 @@
+"""KTO on unpaired (prompt, completion, label) data, or nnPU-KTO on self-play data: full, LoRA or QLoRA.
+
+    python scripts/run_kto.py recipes/smollm2-135m/kto/config_full.yaml
+    accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml scripts/run_kto.py \
+        recipes/mistral-7b/selfplay/config_kto_iter0.yaml --output_dir=data/mistral-7b-selfplay-kto-iter0
+
+Preference sources (chosen/rejected) are unpaired while mixing: chosen -> label True, rejected -> label False.
+TRL's KTO samples sequentially (its KL estimate pairs each completion with a neighbour's prompt inside a batch), so
+the mixed rows are shuffled here with the recipe seed. `kto_variant: nnpu` (with `prior`) trains the non-negative PU
+risk of chatalign.kto on (real, generated) pairs instead; every batch holds whole pairs, so the batch size is even.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from chatalign.configs import ChatalignParser, DataArguments, write_run_args
+from chatalign.kto import KTOScriptArguments
+from chatalign.training import ModelArguments
+
+logger = logging.getLogger("run_kto")
+
+
+def main(argv=None):
+    from trl import KTOConfig
+
+    from chatalign.kto import check_kto_arguments
+
+    parser = ChatalignParser([ModelArguments, DataArguments, KTOConfig, KTOScriptArguments])
+    model_args, data_args, training_args, script_args = parser.parse(argv)
+    configs = (model_args, data_args, training_args, script_args)
+    check_kto_arguments(script_args, training_args, data_args)
+    nnpu = script_args.kto_variant == "nnpu"
+
+    from chatalign.kto import (
+        ChatalignKTOTrainer,
+        NNPUKTOTrainer,
+        load_reference_model,
+        pair_real_generated,
+        shuffle_rows,
+    )
+    from chatalign.training import (
+        RecordRunArgsCallback,
+        load_mixture,
+        load_model,
+        load_tokenizer,
+        peft_config,
+        resolve_resume_checkpoint,
+        save_run,
+        setup_logging,
+    )
+
+    # 1. Logging, checks that need no data, and the resolved config
+    setup_logging(training_args)
+    checkpoint = resolve_resume_checkpoint(training_args)
+    if training_args.process_index == 0:
+        write_run_args(training_args.output_dir, configs)
+
+    # 2. Tokenizer and data: mixed and normalised to unpaired rows, then put in training order (KTO never shuffles)
+    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    pair_counts = {}
+    with training_args.main_process_first(desc="dataset preparation"):
+        mixture = load_mixture(data_args, "unpaired", seed, tokenizer)
+        if nnpu:
+            train_dataset, pair_counts["train"] = pair_real_generated(mixture.train, seed, "train")
+        else:
+            train_dataset = shuffle_rows(mixture.train, seed)
+        eval_dataset = None
+        if mixture.test is not None and training_args.eval_strategy != "no":
+            eval_dataset = mixture.test
+            if nnpu:
+                eval_dataset, pair_counts["test"] = pair_real_generated(eval_dataset, seed, "test")
+    labels = train_dataset["label"]
+    logger.info("training rows: %d desirable/real (label True), %d undesirable/generated (label False)",
+                sum(labels), len(labels) - sum(labels))
+
+    # 3. Policy and reference. The reference is loaded like the policy (same dtype, pad token and embedding size)
+    # from ref_model_name_or_path or the policy's path; none with PEFT or precomputed reference log-probs.
+    model = load_model(model_args, training_args, tokenizer)
+    ref_model = load_reference_model(model_args, training_args, tokenizer, model, script_args.ref_model_name_or_path)
+
+    # 4. Trainer
+    trainer_class, extra = (NNPUKTOTrainer, {"prior": script_args.prior}) if nnpu else (ChatalignKTOTrainer, {})
+    trainer = trainer_class(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(model_args),
+        callbacks=[RecordRunArgsCallback(configs)],
+        max_prompt_length=script_args.max_prompt_length,
+        **extra,
+    )
+
+    # 5. Train
+    logger.info("training on %d rows (%s, beta=%s)", len(trainer.train_dataset), script_args.kto_variant,
+                training_args.beta)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics, train_samples=len(trainer.train_dataset))
+    trainer.log_metrics("train", metrics)
+    trainer.save_state()
+
+    # 6. Save: final model (full even under ZeRO-3), tokenizer with its chat template, run_args, train_results
+    counts = {split: {**pair_counts.get(split, {}), **trainer.data_counts.get(name, {})}
+              for split, name in (("train", "train"), ("test", "eval"))}
+    save_run(trainer, configs, metrics, counts)
+
+    # 7. Evaluate
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+    logger.info("done: %s", training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
