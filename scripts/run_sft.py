@@ -28,11 +28,14 @@ class SFTScriptArguments:
     )
 
 
-def main(argv=None):
+def make_parser() -> ChatalignParser:
     from trl import SFTConfig
 
-    parser = ChatalignParser([ModelArguments, DataArguments, SFTConfig, SFTScriptArguments])
-    model_args, data_args, training_args, script_args = parser.parse(argv)
+    return ChatalignParser([ModelArguments, DataArguments, SFTConfig, SFTScriptArguments])
+
+
+def main(argv=None):
+    model_args, data_args, training_args, script_args = make_parser().parse(argv)
     configs = (model_args, data_args, training_args, script_args)
 
     from trl import SFTTrainer

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import load_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chatalign.model_utils import check_quantization_request, ensure_pad_token, set_stop_tokens
-from conftest import load_script
 
 
 def test_pad_reuses_an_existing_special_token(tiny_tokenizer_dir):

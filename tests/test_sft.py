@@ -9,13 +9,13 @@ import textwrap
 import pytest
 import torch
 import yaml
+from conftest import REPO, load_script
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chatalign.chat_templates import IGNORE_INDEX
 from chatalign.training import tokenize_sft
-from conftest import REPO, load_script
 
 SFT_DATA = {
     str(REPO / "data/llama_factory_demo/alpaca_en_demo.json"): 0.04,
@@ -102,9 +102,9 @@ def test_assistant_only_labels_mask_code_output_turns(tiny_tokenizer):
     ds = Dataset.from_list([{"messages": math_chat()}])
     tokenized, counts = tokenize_sft(ds, tiny_tokenizer, max_length=None)
     ids, labels = tokenized[0]["input_ids"], tokenized[0]["labels"]
-    trained = tiny_tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+    trained = tiny_tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX])
     assert trained == "```python\nprint(2+3)\n```<|im_end|>The answer is 5.<|im_end|>"
-    masked = tiny_tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX])
+    masked = tiny_tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab == IGNORE_INDEX])
     assert "```output\n5\n```" in masked and "What is 2+3?" in masked and "Solve with code." in masked
     assert counts == {"kept whole": 1}
 
@@ -140,8 +140,8 @@ def test_padding_free_and_padded_losses_equal_one_at_a_time(tiny_model_dir, tiny
     chats = [math_chat(), [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}],
              [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."}]]
     rows = [dict(zip(("input_ids", "labels"), tokenize_sft(Dataset.from_list([{"messages": c}]), tiny_tokenizer,
-                                                           None)[0][0].values())) for c in chats]
-    total, count = zip(*(per_sequence_loss_sum(model, r["input_ids"], r["labels"]) for r in rows))
+                                                           None)[0][0].values(), strict=True)) for c in chats]
+    total, count = zip(*(per_sequence_loss_sum(model, r["input_ids"], r["labels"]) for r in rows), strict=True)
     one_at_a_time = sum(total) / sum(count)
 
     for padding_free in (True, False):
@@ -231,3 +231,21 @@ def test_two_processes_on_cpu(tmp_path, tiny_model_dir):
     # 2 processes x 2 rows: each optimizer step saw 4 rows
     assert state["train_batch_size"] == 2 and (tmp_path / "out/model.safetensors").is_file()
     assert textwrap.dedent(proc.stdout).count("done:") == 1  # only the main process reports
+
+
+def test_tensorboard_and_offline_wandb_tracking(tmp_path, tiny_model_dir, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_PROJECT", "chatalign-test")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    recipe = write_recipe(tmp_path, tiny_model_dir, max_steps=2, report_to=["tensorboard", "wandb"])
+    load_script("run_sft").main([recipe])
+    out = tmp_path / "out"
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+    run = yaml.safe_load((out / "run_args.yaml").read_text())["chatalign"]["wandb"]
+    assert run and run["id"] and run["project"] == "chatalign-test"
+    assert list(tmp_path.rglob(f"offline-run-*-{run['id']}")), "no offline wandb run folder with that id"
+    import wandb
+
+    wandb.finish()

@@ -639,6 +639,7 @@ def mix_datasets(
     tokenizer: Any = None,
     resample_each_epoch: bool = False,
     shuffle: bool = True,
+    extra_columns: Sequence[str] = (),
 ) -> MixedData:
     """Load, filter, normalise to `schema`, dedup, sample and concatenate every source of `dataset_mixer`.
 
@@ -652,6 +653,7 @@ def mix_datasets(
       sampling (so deliberate repeats survive).
     - max_samples: keep the first n rows of each shuffled mixed split.
     - resample_each_epoch: also return ``train_resampled``, which redraws fractions/sizes every epoch.
+    - extra_columns: raw columns every source must have and that are kept as they are (e.g. a loss weight).
     """
     sources = parse_mixer(dataset_mixer)
     for source in sources:  # fail on a mistyped path before spending minutes loading the sources before it
@@ -670,7 +672,7 @@ def mix_datasets(
         row_filter = {**(dataset_filter or {}), **(source.filter or {})}
         prepare = functools.partial(
             _prepare, source, schema=schema, row_filter=row_filter, skip_invalid=skip_invalid,
-            dataset_format=dataset_format, stats=stats,
+            dataset_format=dataset_format, stats=stats, extra_columns=tuple(extra_columns),
         )  # fmt: skip
         loaded: dict[str, datasets.Dataset] = {}
         for split in train_splits:
@@ -756,6 +758,7 @@ def _prepare(
     skip_invalid: bool,
     dataset_format: str | None,
     stats: MixStats,
+    extra_columns: tuple[str, ...] = (),
 ) -> datasets.Dataset:
     """Load, filter and normalise one split of one source, recording counts."""
     raw = load_source(source.name, source.source_split(split))
@@ -763,7 +766,7 @@ def _prepare(
     row.available = len(raw)
     raw = _apply_filter(raw, row_filter, source.name, split)
     row.after_filter = len(raw)
-    normalised, skipped = _normalise(raw, source, schema, skip_invalid, dataset_format)
+    normalised, skipped = _normalise(raw, source, schema, skip_invalid, dataset_format, extra_columns)
     row.skipped.update(skipped)
     row.valid = len(normalised)
     return normalised
@@ -788,7 +791,8 @@ def _apply_filter(dataset: datasets.Dataset, row_filter: Mapping[str, Any], name
 
 
 def _normalise(
-    raw: datasets.Dataset, source: SourceSpec, schema: str, skip_invalid: bool, dataset_format: str | None
+    raw: datasets.Dataset, source: SourceSpec, schema: str, skip_invalid: bool, dataset_format: str | None,
+    extra_columns: tuple[str, ...] = (),
 ) -> tuple[datasets.Dataset, Counter]:
     """Normalise to `schema`, converting from the source's own schema where a lossless-enough conversion exists."""
     adapter = source.format or dataset_format
@@ -796,7 +800,11 @@ def _normalise(
     convert = _conversion(native, schema)
     if convert is None:
         # Same schema, or no conversion: normalize_dataset reports the mismatch / undetectable format itself.
-        return formatting.normalize_dataset(raw, source.name, schema, adapter=adapter, skip_invalid=skip_invalid)
+        return formatting.normalize_dataset(raw, source.name, schema, adapter=adapter, skip_invalid=skip_invalid,
+                                            extra_columns=extra_columns)
+    if extra_columns:
+        raise ValueError(f"dataset '{source.name}' is {native} data converted to {schema}: extra columns "
+                         f"({', '.join(extra_columns)}) are only carried through unconverted sources")
     normalised, skipped = formatting.normalize_dataset(
         raw, source.name, native, adapter=adapter, skip_invalid=skip_invalid
     )

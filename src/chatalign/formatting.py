@@ -1179,6 +1179,7 @@ def normalize_dataset(
     adapter: str | None = None,
     skip_invalid: bool = False,
     options: Mapping[str, Any] | None = None,
+    extra_columns: Sequence[str] = (),
 ):
     """Convert ``ds`` to canonical ``schema`` rows with ``adapter`` (auto-detected when None or "auto"), validating.
 
@@ -1187,6 +1188,8 @@ def normalize_dataset(
     .role': ..."); with it bad rows are dropped and counted. Columns outside the schema are dropped, except the
     schema's optional columns (see OPTIONAL_COLUMNS) when present. One pass (batched map, never served from cache
     so that the counts are always filled). ``options`` go to whole-dataset formats (oasst: best_only, lang).
+    ``extra_columns`` are raw columns carried through unchanged (e.g. a per-pair loss weight a recipe names); a source
+    without one is a missing-column error.
     """
     from datasets import Dataset
 
@@ -1213,7 +1216,17 @@ def normalize_dataset(
             f"(columns present: {', '.join(columns) or 'none'})",
             reason="missing column",
         )
+    extra_columns = [c for c in extra_columns if c not in REQUIRED_COLUMNS[schema]]
+    missing_extra = [c for c in extra_columns if c not in columns]
+    if missing_extra:
+        raise DataValidationError(
+            source_name,
+            f"missing column {', '.join(missing_extra)} named by the recipe (columns present: {', '.join(columns)})",
+            reason="missing column",
+        )
     counts: Counter = Counter()
+    if extra_columns and chosen.convert_dataset is not None:
+        raise ValueError(f"format '{chosen.name}' rebuilds whole conversations and cannot carry extra columns")
     if options and chosen.convert_dataset is None:
         raise ValueError(f"format '{chosen.name}' takes no options (got {', '.join(options)})")
 
@@ -1230,6 +1243,9 @@ def normalize_dataset(
 
     optional = [c for c in OPTIONAL_COLUMNS[schema] if c in chosen.emits or c in columns]
     features = schema_features(schema, optional)
+    for column in extra_columns:
+        if column not in features:
+            features[column] = ds.features[column]
     if len(ds) == 0:  # datasets' map skips the function (and our features) on empty datasets
         return Dataset.from_dict({column: [] for column in features}, features=features), counts
 
@@ -1251,7 +1267,7 @@ def normalize_dataset(
                     source_name, detail, row=index, field=problem.field, reason=problem.reason
                 ) from None
             for column in features:
-                out[column].append(row[column])
+                out[column].append(row[column] if column in row else raw[column])
         return out
 
     result = ds.map(

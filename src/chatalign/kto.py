@@ -143,10 +143,10 @@ def pair_real_generated(dataset, seed: int, split: str = "train"):
     """
     prompt_ids = dataset["prompt_id"] if "prompt_id" in dataset.column_names else [None] * len(dataset)
     groups: dict[str, tuple[list[int], list[int]]] = {}
-    for index, (prompt, prompt_id, label) in enumerate(zip(dataset["prompt"], prompt_ids, dataset["label"])):
+    for index, (prompt, prompt_id, label) in enumerate(zip(dataset["prompt"], prompt_ids, dataset["label"], strict=True)):
         real, generated = groups.setdefault(_pair_key(prompt, prompt_id), ([], []))
         (real if bool(label) is REAL else generated).append(index)
-    pairs = [pair for real, generated in groups.values() for pair in zip(real, generated)]
+    pairs = [pair for real, generated in groups.values() for pair in zip(real, generated, strict=False)]
     counts = Counter({"pairs": len(pairs)})
     for real, generated in groups.values():
         counts["dropped: real without a generated partner"] += max(len(real) - len(generated), 0)
@@ -208,8 +208,10 @@ class ChatalignKTOTrainer(KTOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         from trl.trainer.utils import global_then_local_main_first
 
-        self.calculate_KL = self.calculate_KL and self.uses_kl_completions
-        calculate_kl, self.calculate_KL = self.calculate_KL, False
+        # Off for TRL's pass (its rotation would run before our drops), back on for ours; off for good under nnPU,
+        # which also spares compute_ref_log_probs the KL forward.
+        calculate_kl = self.calculate_KL and self.uses_kl_completions
+        self.calculate_KL = False
         trl_args = copy.copy(args)  # only max_length differs; the Trainer keeps the original
         trl_args.max_length = None
         try:
@@ -234,7 +236,7 @@ class ChatalignKTOTrainer(KTOTrainer):
 
         def fit(batch):
             out = {"prompt_ids": [], "_status": []}
-            for prompt, completion in zip(batch["prompt_ids"], batch["completion_ids"]):
+            for prompt, completion in zip(batch["prompt_ids"], batch["completion_ids"], strict=True):
                 cut = truncate_prompt_ids(prompt, len(completion), max_length, max_prompt, bos)
                 total = len(cut) + len(completion)
                 status = ("dropped: prompt fills max_length" if max_length is not None and len(cut) >= max_length
@@ -309,8 +311,8 @@ class NNPUKTOTrainer(ChatalignKTOTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _mean(self, values: torch.Tensor) -> float:
-        total = self.accelerator.gather_for_metrics(values.float().sum().reshape(1)).sum()
-        count = self.accelerator.gather_for_metrics(torch.tensor([values.numel()], device=values.device)).sum()
+        total = self.accelerator.gather(values.float().sum().reshape(1)).sum()
+        count = self.accelerator.gather(torch.tensor([values.numel()], device=values.device)).sum()
         return (total / count).item()
 
     def _record(self, mode, logps, logratios, real, metrics):
@@ -332,18 +334,3 @@ class NNPUKTOTrainer(ChatalignKTOTrainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
-
-
-def load_reference_model(model_args, training_args, tokenizer, policy, ref_model_name_or_path: str | None = None):
-    """The frozen reference, or None where TRL needs no second model: PEFT (adapters disabled) or log-probs precomputed
-    with the policy at init. Its embedding rows match the policy's, which load_model may have grown for a new pad
-    token: the reference sees the same padded batches."""
-    from chatalign.training import load_model
-
-    if ref_model_name_or_path is None and (model_args.use_peft or training_args.precompute_ref_log_probs):
-        return None
-    ref = load_model(model_args, training_args, tokenizer, ref_model_name_or_path or model_args.model_name_or_path)
-    rows = policy.get_input_embeddings().weight.shape[0]
-    if ref.get_input_embeddings().weight.shape[0] != rows:
-        ref.resize_token_embeddings(rows)
-    return ref

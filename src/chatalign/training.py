@@ -83,6 +83,34 @@ def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_
     return model
 
 
+def reference_model_path(model_args: ModelArguments, training_args, ref_model_name_or_path: str | None = None,
+                         precomputed_file: bool = False) -> str | None:
+    """The reference model a preference run must load, or None where it needs none in memory."""
+    if precomputed_file:
+        return None  # the log-probs come with the data
+    if ref_model_name_or_path:
+        return ref_model_name_or_path
+    if model_args.use_peft or training_args.precompute_ref_log_probs:
+        return None  # the policy with its adapter disabled / TRL's own pass with the policy before training
+    # TRL would reload the policy's path itself, but without our dtype, attention and pad-token handling.
+    return model_args.model_name_or_path
+
+
+def load_reference_model(model_args: ModelArguments, training_args, tokenizer, policy, path: str | None):
+    """The frozen reference from `path` (None: no reference model), with as many embedding rows as the policy.
+
+    load_model may have grown the policy's embeddings for a new pad token; loading the reference afterwards finds the
+    pad token already there and would not resize, yet it sees the same padded batches.
+    """
+    if path is None:
+        return None
+    ref = load_model(model_args, training_args, tokenizer, path)
+    rows = policy.get_input_embeddings().weight.shape[0]
+    if ref.get_input_embeddings().weight.shape[0] != rows:
+        ref.resize_token_embeddings(rows)
+    return ref
+
+
 def peft_config(model_args: ModelArguments):
     from trl import get_peft_config
 
@@ -145,7 +173,7 @@ def count_summary(counter: Counter) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items())) or "none"
 
 
-def load_mixture(data_args, schema: str, seed: int, tokenizer=None):
+def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_columns=()):
     """The recipe's dataset mixture normalised to `schema`, with its stats table logged (printed when asked)."""
     from chatalign.data import format_stats_table, mix_datasets
 
@@ -156,7 +184,7 @@ def load_mixture(data_args, schema: str, seed: int, tokenizer=None):
         seed=seed, dataset_filter=data_args.dataset_filter, dedup_column=data_args.dedup_column,
         max_samples=data_args.max_samples, skip_invalid=data_args.skip_invalid,
         dataset_format=data_args.dataset_format, tokenizer=tokenizer if data_args.show_dataset_stats else None,
-        resample_each_epoch=data_args.resample_each_epoch,
+        resample_each_epoch=data_args.resample_each_epoch, extra_columns=extra_columns,
     )
     table = format_stats_table(mixture.stats)
     if data_args.show_dataset_stats:
@@ -204,7 +232,7 @@ def tokenize_sft(dataset, tokenizer, max_length: int | None, overflow: str = "tr
     trainable = [any(x != IGNORE_INDEX for x in labels) for labels in tokenized["labels"]]
     counts = Counter()
     keep = []
-    for i, (long_row, has_target) in enumerate(zip(too_long, trainable)):
+    for i, (long_row, has_target) in enumerate(zip(too_long, trainable, strict=True)):
         if long_row and overflow == "drop":
             counts["dropped: longer than max_length"] += 1
         elif not has_target:

@@ -1,0 +1,93 @@
+"""Compute the DPO reference log-probs once, so run_dpo trains with no reference model in memory.
+
+    python scripts/precompute_ref_logprobs.py recipe.yaml --precompute_file_path=ref_logps.parquet \
+        --precompute_ref_batch_size=64
+    python scripts/run_dpo.py recipe.yaml --precompute_file_path=ref_logps.parquet
+
+Takes the same recipe as run_dpo and sees the same rows (mixture, max_data_size / preference_config selection with
+the same seed, and the test split when evaluation is on). The reference model (`ref_model_name_or_path`, else
+`model_name_or_path`) runs without gradients in batches of `precompute_ref_batch_size`, through TRL's own
+reference pass (a DPOTrainer built on it with precompute_ref_log_probs=True), so the numbers are those online-reference
+training computes.
+
+Output: one parquet file with one row per unique pair: key (sha256 of the canonical JSON of prompt, chosen and
+rejected), ref_chosen_logps, ref_rejected_logps (float32, TRL's sums over completion tokens) and dropped (TRL drops
+the pair because its prompt alone fills max_length). The file's schema metadata (key "chatalign") holds the format
+version and the dependencies the numbers were computed with: reference model path, config.json hash, weight-files
+hash, dtype, mixed precision, quantization, tokenizer hash, chat template hash, max_length, truncation_mode, ld_alpha.
+
+Running it again is cheap: when the file exists and its dependencies match, only pairs it lacks are computed (none:
+nothing is loaded), and the file is rewritten after every chunk of pairs, so an interrupted run resumes. A file
+computed with other dependencies is an error naming the first difference; delete it or pick another path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from chatalign.configs import ChatalignParser, ConfigError, DataArguments
+from chatalign.dpo import DPOScriptArguments
+from chatalign.training import ModelArguments
+
+logger = logging.getLogger("precompute_ref_logprobs")
+
+
+def make_parser() -> ChatalignParser:
+    from trl import DPOConfig
+
+    return ChatalignParser([ModelArguments, DataArguments, DPOConfig, DPOScriptArguments])
+
+
+def main(argv=None):
+    model_args, data_args, training_args, script_args = make_parser().parse(argv)
+
+    from chatalign.dpo import (
+        RefLogps,
+        check_dpo_arguments,
+        compute_ref_logps,
+        load_preference_data,
+        open_ref_logps_file,
+        pair_keys,
+        reference_dependencies,
+    )
+    from chatalign.training import load_model, load_tokenizer, setup_logging
+
+    # 1. Checks that need no data or model
+    if not script_args.precompute_file_path:
+        raise ConfigError("precompute_file_path is required: the file to write the reference log-probs to")
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        raise ConfigError("precompute_ref_logprobs runs the reference through TRL's trainer, which refuses a quantized "
+                          "model without an adapter; a QLoRA run keeps its reference online")
+    check_dpo_arguments(training_args, data_args, script_args)
+    setup_logging(training_args)
+    path = Path(script_args.precompute_file_path)
+
+    # 2. Tokenizer, the rows run_dpo will train and evaluate on, and what the log-probs depend on
+    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    with training_args.main_process_first(desc="dataset preparation"):
+        train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
+                                                                        tokenizer)
+    dependencies = reference_dependencies(model_args, training_args, script_args, tokenizer)
+    data = open_ref_logps_file(path, dependencies) if path.exists() else RefLogps({}, set(), {})
+    splits = [d for d in (train_dataset, eval_dataset) if d is not None]
+
+    # 3. Reference model, only when some pair lacks its log-probs
+    missing = sum(key not in data for d in splits for key in pair_keys(d))
+    if missing == 0 and path.exists():
+        logger.info("%s already holds the reference log-probs of all %d rows: nothing to do", path,
+                    sum(len(d) for d in splits))
+        return data
+    ref_path = script_args.ref_model_name_or_path or model_args.model_name_or_path
+    model = load_model(model_args, training_args, tokenizer, ref_path)
+    model.eval()
+
+    # 4. TRL's reference pass over the missing pairs, saved chunk by chunk
+    data = compute_ref_logps(model, tokenizer, training_args, splits, path, data, dependencies)
+    logger.info("wrote %s: %d pairs (%d dropped by max_length=%s); data %s", path, len(data), len(data.dropped),
+                training_args.max_length, data_counts)
+    return data
+
+
+if __name__ == "__main__":
+    main()

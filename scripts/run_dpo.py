@@ -1,0 +1,130 @@
+"""Direct Preference Optimization of a chat model with TRL's DPOTrainer: full, LoRA or QLoRA, any TRL DPO loss.
+
+    python scripts/run_dpo.py recipes/zephyr-7b-beta/dpo/config_full.yaml
+    python scripts/run_dpo.py recipe.yaml --loss_type ipo --beta 0.01 --max_data_size 20000
+
+Preference rows (prompt messages, one chosen and one rejected assistant message) are templated by TRL; the loss is
+any of TRL's `loss_type`s (a list combines several, weighted by `loss_weights`), and rewards/chosen, rewards/rejected,
+rewards/margins and rewards/accuracies are logged with the loss. The reference is `ref_model_name_or_path`, else the
+model itself loaded a second time; with PEFT it is the model with its adapter disabled (nothing extra is loaded).
+
+Variants (recipe keys, see chatalign.dpo):
+  max_data_size         a subset of this many pairs, drawn with the training seed (a baseline for the next one)
+  preference_config     {score difference: weight}: pairs are sampled, within max_data_size, with probability
+                        proportional to the weight of their bucket round(score_chosen - score_rejected); -100 sets the
+                        default weight, 0 excludes a bucket. Counts per bucket are logged and saved.
+  rm_weight_column      a column whose value multiplies its pair's loss (every loss type but aot, aot_unpaired, sft)
+  precompute_file_path  reference log-probs from scripts/precompute_ref_logprobs.py: no reference model is loaded; a
+                        file that does not match this run (rows, model, tokenizer, template, max_length) is an error
+"""
+
+from __future__ import annotations
+
+import logging
+
+from chatalign.configs import ChatalignParser, DataArguments, write_run_args
+from chatalign.dpo import DPOScriptArguments
+from chatalign.training import ModelArguments
+
+logger = logging.getLogger("run_dpo")
+
+
+def make_parser() -> ChatalignParser:
+    from trl import DPOConfig
+
+    return ChatalignParser([ModelArguments, DataArguments, DPOConfig, DPOScriptArguments])
+
+
+def main(argv=None):
+    model_args, data_args, training_args, script_args = make_parser().parse(argv)
+    configs = (model_args, data_args, training_args, script_args)
+
+    from chatalign.dpo import (
+        ChatalignDPOTrainer,
+        attach_ref_logps,
+        check_dpo_arguments,
+        load_preference_data,
+        open_ref_logps_file,
+        reference_dependencies,
+        reference_model_path,
+    )
+    from chatalign.model_utils import check_quantization_request
+    from chatalign.training import (
+        RecordRunArgsCallback,
+        load_model,
+        load_reference_model,
+        load_tokenizer,
+        peft_config,
+        resolve_resume_checkpoint,
+        save_run,
+        setup_logging,
+    )
+
+    # 1. Logging, checks that need no data or model, and the resolved config
+    check_dpo_arguments(training_args, data_args, script_args)
+    setup_logging(training_args)
+    check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
+    checkpoint = resolve_resume_checkpoint(training_args)
+    if training_args.process_index == 0:
+        write_run_args(training_args.output_dir, configs)
+
+    # 2. Tokenizer and data: mixed, validated, subsampled, weighted; precomputed reference log-probs are matched to
+    # the rows here, so a stale file fails before any model is loaded.
+    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    with training_args.main_process_first(desc="dataset preparation"):
+        train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
+                                                                        tokenizer)
+        if script_args.precompute_file_path:
+            path = script_args.precompute_file_path
+            ref_logps = open_ref_logps_file(path, reference_dependencies(model_args, training_args, script_args,
+                                                                         tokenizer))
+            train_dataset = attach_ref_logps(train_dataset, ref_logps, path, "training")
+            if eval_dataset is not None:
+                eval_dataset = attach_ref_logps(eval_dataset, ref_logps, path, "test")
+            logger.info("reference log-probs from %s (%d pairs): no reference model is loaded", path, len(ref_logps))
+
+    # 3. Policy and reference. TRL would reload the reference from the policy's path itself, but without our
+    # dtype, attention and pad-token handling; with PEFT or precomputed log-probs it needs none.
+    model = load_model(model_args, training_args, tokenizer)
+    ref_path = reference_model_path(model_args, training_args, script_args)
+    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path)
+
+    # 4. Trainer
+    trainer = ChatalignDPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(model_args),
+        callbacks=[RecordRunArgsCallback(configs)],
+        weighted=bool(script_args.rm_weight_column),
+    )
+
+    # TRL drops pairs whose prompt alone fills max_length (no completion token would be left): count them.
+    data_counts["train"]["dropped: prompt fills max_length"] = len(train_dataset) - len(trainer.train_dataset)
+    if eval_dataset is not None:
+        data_counts["test"]["dropped: prompt fills max_length"] = len(eval_dataset) - len(trainer.eval_dataset)
+
+    # 5. Train
+    logger.info("training on %d preference pairs (%s)", len(trainer.train_dataset), data_counts["train"])
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics, train_samples=len(trainer.train_dataset))
+    trainer.log_metrics("train", metrics)
+    trainer.save_state()
+
+    # 6. Save: final model (full even under ZeRO-3), tokenizer with its chat template, run_args, train_results
+    save_run(trainer, configs, metrics, data_counts)
+
+    # 7. Evaluate
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+    logger.info("done: %s", training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
