@@ -56,8 +56,8 @@ def main(argv=None):
         load_tokenizer,
         peft_config,
         resolve_resume_checkpoint,
-        save_run,
         setup_logging,
+        train_save_evaluate,
     )
 
     # 1. Logging, checks that need no data or model, and the resolved config
@@ -107,22 +107,9 @@ def main(argv=None):
     if eval_dataset is not None:
         data_counts["test"]["dropped: prompt fills max_length"] = len(eval_dataset) - len(trainer.eval_dataset)
 
-    # 5. Train
+    # 5. Train, save, evaluate
     logger.info("training on %d preference pairs (%s)", len(trainer.train_dataset), data_counts["train"])
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = dict(result.metrics, train_samples=len(trainer.train_dataset))
-    trainer.log_metrics("train", metrics)
-    trainer.save_state()
-
-    # 6. Save: final model (full even under ZeRO-3), tokenizer with its chat template, run_args, train_results
-    save_run(trainer, configs, metrics, data_counts)
-
-    # 7. Evaluate
-    if eval_dataset is not None:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-    logger.info("done: %s", training_args.output_dir)
+    train_save_evaluate(trainer, configs, checkpoint, data_counts)
     return trainer
 
 

@@ -51,8 +51,8 @@ def main(argv=None):
         peft_config,
         reference_model_path,
         resolve_resume_checkpoint,
-        save_run,
         setup_logging,
+        train_save_evaluate,
     )
 
     # 1. Logging, checks that need no data, and the resolved config
@@ -102,25 +102,12 @@ def main(argv=None):
         **extra,
     )
 
-    # 5. Train
+    # 5. Train, save, evaluate
     logger.info("training on %d rows (%s, beta=%s)", len(trainer.train_dataset), script_args.kto_variant,
                 training_args.beta)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = dict(result.metrics, train_samples=len(trainer.train_dataset))
-    trainer.log_metrics("train", metrics)
-    trainer.save_state()
-
-    # 6. Save: final model (full even under ZeRO-3), tokenizer with its chat template, run_args, train_results
     counts = {split: {**pair_counts.get(split, {}), **trainer.data_counts.get(name, {})}
               for split, name in (("train", "train"), ("test", "eval"))}
-    save_run(trainer, configs, metrics, counts)
-
-    # 7. Evaluate
-    if eval_dataset is not None:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-    logger.info("done: %s", training_args.output_dir)
+    train_save_evaluate(trainer, configs, checkpoint, counts)
     return trainer
 
 

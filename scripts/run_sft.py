@@ -50,10 +50,10 @@ def main(argv=None):
         load_tokenizer,
         peft_config,
         resolve_resume_checkpoint,
-        save_run,
         setup_logging,
         sft_renderer,
         tokenize_sft,
+        train_save_evaluate,
     )
 
     # 1. Logging, checks that need no data, and the resolved config
@@ -108,22 +108,9 @@ def main(argv=None):
         # TRL only accepts a datasets.Dataset (epoch 0 above); the Trainer then reads whatever train_dataset is.
         trainer.train_dataset = train_dataset = resampled
 
-    # 5. Train
+    # 5. Train, save, evaluate
     logger.info("training on %d rows (%s)", len(train_dataset), train_counts)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = dict(result.metrics, train_samples=len(train_dataset))
-    trainer.log_metrics("train", metrics)
-    trainer.save_state()
-
-    # 6. Save: final model (full even under ZeRO-3), tokenizer with its chat template, run_args, train_results
-    save_run(trainer, configs, metrics, {"train": train_counts, "test": eval_counts})
-
-    # 7. Evaluate
-    if eval_dataset is not None:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-    logger.info("done: %s", training_args.output_dir)
+    train_save_evaluate(trainer, configs, checkpoint, {"train": train_counts, "test": eval_counts})
     return trainer
 
 

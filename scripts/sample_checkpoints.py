@@ -58,6 +58,7 @@ def main(argv=None) -> dict[str, list[str]]:
 
     from transformers import AutoModelForCausalLM
 
+    from chatalign.chat_templates import resolve_chat_template
     from chatalign.generation import SamplingParams, generate_local
     from chatalign.model_utils import load_tokenizer
 
@@ -67,6 +68,9 @@ def main(argv=None) -> dict[str, list[str]]:
     for path in args.model_paths:
         tokenizer = load_tokenizer(path, chat_template=args.chat_template, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path)
+        if args.chat_template:
+            # A template given here (e.g. an SGLang JSON file) brings its own stop strings.
+            params.stop = resolve_chat_template(args.chat_template).stop_strings
         samples[path] = [outs[0] for outs in generate_local(model, tokenizer, conversations, params, progress=False)]
         del model
 

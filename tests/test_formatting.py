@@ -1098,3 +1098,20 @@ def test_register_custom_adapter():
     assert "qa_pairs" not in F.list_adapters()
     with pytest.raises(ValueError, match="unknown dataset format 'qa_pairs'"):
         F.get_adapter("qa_pairs")
+
+
+def test_extra_columns_are_carried_through_or_missing_is_an_error():
+    from datasets import Dataset
+
+    from chatalign.formatting import DataValidationError, normalize_dataset
+
+    ds = Dataset.from_list([
+        {"prompt": "Q1", "chosen": "good", "rejected": "bad", "rm_weight": 0.5},
+        {"prompt": "Q2", "chosen": "fine", "rejected": "poor", "rm_weight": 2.0},
+    ])
+    out, _ = normalize_dataset(ds, "w.jsonl", "preference", extra_columns=["rm_weight"])
+    assert out["rm_weight"] == [0.5, 2.0]
+    assert out[0]["chosen"] == [{"role": "assistant", "content": "good"}]
+    with pytest.raises(DataValidationError) as err:
+        normalize_dataset(ds.remove_columns("rm_weight"), "w.jsonl", "preference", extra_columns=["rm_weight"])
+    assert str(err.value).startswith("dataset 'w.jsonl': missing column rm_weight named by the recipe")

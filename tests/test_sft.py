@@ -249,3 +249,37 @@ def test_tensorboard_and_offline_wandb_tracking(tmp_path, tiny_model_dir, monkey
     import wandb
 
     wandb.finish()
+
+
+def test_completion_only_loss_for_prompt_completion_data(tmp_path, tiny_model_dir, tiny_tokenizer):
+    rows = [{"prompt": f"Add {i} and {i}.", "completion": f"{i} + {i} = {2 * i}."} for i in range(12)]
+    data = tmp_path / "pc.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recipe = write_recipe(tmp_path, tiny_model_dir, dataset_mixer={str(data): 1.0}, max_steps=1)
+    trainer = load_script("run_sft").main([recipe])
+    first = trainer.train_dataset[0]
+    trained = tiny_tokenizer.decode([t for t, lab in zip(first["input_ids"], first["labels"], strict=True)
+                                     if lab != IGNORE_INDEX])
+    assert trained.endswith("<|im_end|>") and trained.removesuffix("<|im_end|>") in {r["completion"] for r in rows}
+
+
+def test_checkpoint_keeps_the_template_and_its_stop_tokens(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, max_steps=1, chat_template="llama-3")
+    load_script("run_sft").main([recipe])
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert "<|start_header_id|>" in tok.chat_template
+    generation = json.loads((tmp_path / "out/generation_config.json").read_text())
+    assert tok.convert_tokens_to_ids("<|eot_id|>") in generation["eos_token_id"]
+
+
+def test_sample_checkpoints_side_by_side(tmp_path, tiny_model_dir, capsys):
+    out_file = tmp_path / "samples.json"
+    samples = load_script("sample_checkpoints").main([
+        "--model_paths", str(tiny_model_dir), str(tiny_model_dir), "--prompts", "Say hi.", "Name a color.",
+        "--max_new_tokens=4", "--chat_template=chatml.json", f"--output_file={out_file}"])
+    printed = capsys.readouterr().out
+    assert "### Say hi." in printed and "### Name a color." in printed
+    rows = json.loads(out_file.read_text())
+    assert [r["prompt"] for r in rows] == ["Say hi.", "Name a color."]
+    # the same checkpoint twice, greedy: identical columns
+    assert samples[str(tiny_model_dir)] == [r[str(tiny_model_dir)] for r in rows]

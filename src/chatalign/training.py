@@ -154,9 +154,18 @@ def save_run(trainer, configs, metrics: dict, data_counts: dict | None = None) -
     # Trainer.save_model gathers ZeRO-3 shards into a full state dict when the DeepSpeed config sets
     # stage3_gather_16bit_weights_on_model_save (our zero3 accelerate config does), so the end-of-training
     # checkpoint loads with from_pretrained.
+    tokenizer = trainer.processing_class
+    model = trainer.model
+    if getattr(model, "generation_config", None) is not None and isinstance(tokenizer.chat_template, str):
+        # The template's end-of-turn tokens become generation stops in the checkpoint, so every later generation
+        # from it (sampling, serving, evaluation) stops where training taught the model to end a turn.
+        from chatalign.chat_templates import infer_stop_strings
+        from chatalign.model_utils import set_stop_tokens
+
+        set_stop_tokens(tokenizer, model, infer_stop_strings(tokenizer.chat_template))
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
         results = dict(metrics)
         if data_counts:
             results["data"] = data_counts
@@ -167,6 +176,23 @@ def save_run(trainer, configs, metrics: dict, data_counts: dict | None = None) -
             trainer.model.config.save_pretrained(args.output_dir)
     if args.push_to_hub:
         trainer.push_to_hub(tags=["chatalign"])
+
+
+def train_save_evaluate(trainer, configs, checkpoint: str | None, data_counts: dict) -> dict:
+    """The end every training script shares: train (resuming where asked), save the run, evaluate if there is a test
+    set. Returns the train metrics (and eval metrics under "eval")."""
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics, train_samples=len(trainer.train_dataset))
+    trainer.log_metrics("train", metrics)
+    trainer.save_state()
+    # Final model (full even under ZeRO-3), tokenizer with its chat template, run_args.yaml, train_results.json
+    save_run(trainer, configs, metrics, data_counts)
+    if trainer.eval_dataset is not None:
+        metrics["eval"] = trainer.evaluate()
+        trainer.log_metrics("eval", metrics["eval"])
+        trainer.save_metrics("eval", metrics["eval"])
+    logger.info("done: %s", trainer.args.output_dir)
+    return metrics
 
 
 def count_summary(counter: Counter) -> str:
