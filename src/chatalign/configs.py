@@ -209,7 +209,7 @@ def _already(value: Any, tp: Any) -> bool:
 # The parser
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def load_recipe_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file '{path}' does not exist")
     try:
@@ -289,7 +289,7 @@ class ChatalignParser(HfArgumentParser):
 
     def _merge_files(self, files: list[Path], blocks: list[str]) -> dict[str, tuple[Any, str]]:
         merged: dict[str, tuple[Any, str]] = {}
-        sources = [(path, _load_yaml(path)) for path in files]
+        sources = [(path, load_recipe_file(path)) for path in files]
         if blocks:
             named = {}
             for path, content in sources:

@@ -75,7 +75,7 @@ def read_recipe(recipe: str | Path, overrides: Sequence[str] = (), base: Path | 
     through ChatalignParser, so `--key=value`, `--key value`, `--key-name`, run_args.yaml recipes and its error
     messages all behave as in training.
     """
-    from chatalign.configs import ChatalignParser, ConfigError, _load_yaml
+    from chatalign.configs import ChatalignParser, ConfigError, load_recipe_file
 
     overrides = list(overrides)
     files = [Path(recipe)]
@@ -85,7 +85,7 @@ def read_recipe(recipe: str | Path, overrides: Sequence[str] = (), base: Path | 
         files.append(Path(base or ".", token))
         overrides[i] = str(files[-1])
     try:
-        file_keys = [key for path in files for key in _load_yaml(path)]
+        file_keys = [key for path in files for key in load_recipe_file(path)]
         typed = {f.name for f in dataclasses.fields(LaunchValues)}
         untyped = [k for k in dict.fromkeys(file_keys + _override_keys(overrides)) if k not in typed]
         for key in untyped:
