@@ -216,7 +216,7 @@ def test_selfplay_recipe_parses_with_the_seed_settings():
     assert (training.lr_scheduler_type.value, training.max_length) == ("linear", 2048)
     assert training.per_device_train_batch_size % 2 == 0 and training.bf16
     assert model.model_name_or_path == "mistralai/Mistral-7B-v0.1" and data.chat_template == "zephyr"
-    assert [s.name for s in parse_mixer(data.dataset_mixer)] == ["generated/mistral-7b/iter0"]
+    assert [s.name for s in parse_mixer(data.dataset_mixer)] == ["generated/mistral-7b/iter0/kto"]
     check_kto_arguments(script, training, data)
     assert "scripts/run_kto.py" in RECIPE.read_text().split("\n\n")[0]  # the header says how to run it
 
