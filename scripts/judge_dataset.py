@@ -1,0 +1,134 @@
+"""Re-annotate a preference set with a judge and report how often it agrees with the original chosen/rejected labels.
+
+    python scripts/judge_dataset.py --dset_name HuggingFaceH4/ultrafeedback_binarized --dset_split train_prefs \
+        --judge_model gpt-4o --eval_mode single --num_to_judge 150 --output_path data/analysis/uf-gpt4o-single.csv
+    python scripts/judge_dataset.py ... --judge_model Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1 --eval_mode all
+
+--judge_model: an LLM (a model name on --judge_base_url, default the OpenAI API; model@url; a url; a local checkpoint
+folder, judged in process) or any chatalign.judges spec (reward_model:<path> for single, pairrm:<path> for all).
+
+--eval_mode single: each response rated alone (1-10, "Rating: [[7]]"); agree when chosen scores higher, tie when
+equal. --eval_mode all: the pair compared twice, chosen shown first and rejected shown first, the two verdicts
+averaged so position bias cancels (a judge always picking the first reply gives a tie). Either order (or either
+rating) without a parseable verdict makes the row unparseable. Agreement rate = agree / (agree + disagree + tie).
+
+The first num_to_judge rows of the split are judged (-1: all). The CSV has one row per pair with its verdict, new
+scores or per-order verdicts, the original scores and the judge's raw answers. Resumable: verdicts per pair and every
+judgment are stored under <output_path without .csv>_work/; a rerun pays for nothing already judged.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chatalign.configs import ChatalignParser
+from chatalign.generation import GenerationArguments
+from chatalign.judges import EVAL_MODES, JudgeArguments
+
+logger = logging.getLogger("judge_dataset")
+
+
+@dataclass
+class JudgeDatasetArguments:
+    dset_name: str | None = field(default=None, metadata={"help": "Preference set: hub id, file or folder."})
+    dset_split: str = field(default="train", metadata={"help": "Split to judge."})
+    dset_format: str | None = field(default=None, metadata={"help": "Adapter name (default: detected)."})
+    judge_model: str | None = field(default=None, metadata={"help": "LLM (model, model@url, url, local path) or a "
+                                                                     "judge spec (reward_model:, pairrm:, llm:)."})
+    eval_mode: str = field(default="single", metadata={"help": f"One of {', '.join(EVAL_MODES)}."})
+    num_to_judge: int = field(default=150, metadata={"help": "Rows to judge, from the start of the split; -1: all."})
+    output_path: str | None = field(default=None, metadata={"help": "CSV with one verdict per row."})
+    work_dir: str | None = field(default=None, metadata={"help": "Resume files (default <output_path>_work)."})
+    skip_invalid: bool = field(default=True, metadata={"help": "Skip malformed rows (counted)."})
+
+    def __post_init__(self):
+        missing = [k for k in ("dset_name", "judge_model", "output_path") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"missing required key(s): {', '.join(missing)}")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
+        if self.num_to_judge == 0 or self.num_to_judge < -1:
+            raise ValueError(f"num_to_judge must be -1 (all) or a positive count, got {self.num_to_judge}")
+        if self.work_dir is None:
+            out = Path(self.output_path)
+            self.work_dir = str(out.with_name(out.stem + "_work"))
+
+
+CSV_COLUMNS = {
+    "single": ["row", "pair_id", "prompt_id", "verdict", "new_score_chosen", "new_score_rejected",
+               "orig_score_chosen", "orig_score_rejected", "prompt", "chosen", "rejected", "judge_output_chosen",
+               "judge_output_rejected"],
+    "all": ["row", "pair_id", "prompt_id", "verdict", "p_chosen", "verdict_chosen_first", "verdict_rejected_first",
+            "position_consistent", "orig_score_chosen", "orig_score_rejected", "prompt", "chosen", "rejected",
+            "judge_output_chosen_first", "judge_output_rejected_first"],
+}
+
+
+def make_parser() -> ChatalignParser:
+    return ChatalignParser([JudgeDatasetArguments, JudgeArguments, GenerationArguments])
+
+
+def main(argv=None, judge=None):
+    """`judge`: a ready judge object instead of --judge_model's (tests, Python callers)."""
+    args, judge_args, gen_args = make_parser().parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from chatalign import judges
+    from chatalign.data import mix_datasets
+    from chatalign.generation import ResumableJsonl
+
+    mixed = mix_datasets({args.dset_name: {"fraction": 1.0, "split_map": {"train": args.dset_split}}}, "preference",
+                         splits=["train"], skip_invalid=args.skip_invalid, dataset_format=args.dset_format,
+                         shuffle=False)
+    data = mixed.train
+    skipped = sum(sum(s.skipped.values()) for s in mixed.stats.rows)
+    if skipped:
+        logger.warning("%s: %d malformed rows skipped", args.dset_name, skipped)
+    if args.num_to_judge > 0:
+        data = data.select(range(min(args.num_to_judge, len(data))))
+    rows = list(data)
+
+    judge = judge or judges.load_judge(args.judge_model, judge_args, gen_args, default_kind="llm")
+    work = Path(args.work_dir)
+    cache = judges.JudgmentCache(work / "judgments.jsonl")
+    done = ResumableJsonl(work / f"verdicts-{args.eval_mode}.jsonl", key="key")
+    ids = [judges.pair_id(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
+    keys = [judges.judgment_key(judge.name, args.eval_mode, [], pid) for pid in ids]
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    logger.info("%d rows to judge (%d done before) with %s, mode %s", len(todo), len(rows) - len(todo), judge.name,
+                args.eval_mode)
+    step = max(int(getattr(judge, "chunk_size", 8)), 1)
+    for start in range(0, len(todo), step):
+        chunk = todo[start:start + step]
+        for i, verdict in zip(chunk, judges.annotate_pairs([rows[i] for i in chunk], judge, cache, args.eval_mode),
+                              strict=True):
+            done.add({"key": keys[i], **verdict})
+
+    verdicts = []
+    for i, (row, pid, key) in enumerate(zip(rows, ids, keys, strict=True)):
+        verdict = {k: v for k, v in done.get(key).items() if k != "key"}
+        verdicts.append(verdict)
+        verdict.update(row=i, pair_id=pid, prompt_id=row.get("prompt_id"), orig_score_chosen=row.get("score_chosen"),
+                       orig_score_rejected=row.get("score_rejected"),
+                       prompt=judges.render_conversation(row["prompt"]), chosen=row["chosen"][0]["content"],
+                       rejected=row["rejected"][0]["content"])
+    summary = judges.agreement_summary(verdicts)
+    summary["judge_calls"] = cache.paid
+    out = Path(args.output_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS[args.eval_mode], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(verdicts)
+    title = (f"{args.dset_name} [{args.dset_split}], {len(rows)} rows, judge {judge.name}, mode {args.eval_mode} "
+             f"({cache.paid} judgments paid for in this run)")
+    print(judges.format_agreement_table(summary, title))
+    print(f"per-row verdicts: {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
