@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset, load_dataset
+from rows import A, S, T, U, error_of, normalize
 
 from chatalign import formatting as F
 from chatalign.adapters import answers_match, oasst_trees_to_conversations, split_code_outputs, split_shared_prompt
@@ -16,20 +17,8 @@ LF = "llama_factory_demo"
 TORA = "tora_math_code"
 
 
-def U(text):
-    return {"role": "user", "content": text}
 
 
-def A(text):
-    return {"role": "assistant", "content": text}
-
-
-def S(text):
-    return {"role": "system", "content": text}
-
-
-def T(text):
-    return {"role": "tool", "content": text}
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +44,6 @@ def raw_rows(relative):
     return json.loads(path.read_text())
 
 
-def normalize(rows, schema, adapter=None, name="data/x.json", skip_invalid=False):
-    return F.normalize_dataset(Dataset.from_list(rows), name, schema, adapter=adapter, skip_invalid=skip_invalid)
-
-
-def error_of(rows, schema, adapter=None, name="data/x.json"):
-    with pytest.raises(DataValidationError) as info:
-        normalize(rows, schema, adapter=adapter, name=name)
-    return info.value
 
 
 # ----------------------------------------------------------------------------------------------------------------------
