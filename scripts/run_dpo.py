@@ -20,6 +20,7 @@ Variants (recipe keys, see chatalign.dpo):
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from chatalign.configs import ChatalignParser, DataArguments, write_run_args
@@ -37,7 +38,8 @@ def make_parser() -> ChatalignParser:
 
 def main(argv=None):
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
-    configs = (model_args, data_args, training_args, script_args)
+    # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
+    configs = copy.deepcopy((model_args, data_args, training_args, script_args))
 
     from chatalign.dpo import (
         ChatalignDPOTrainer,

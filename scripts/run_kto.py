@@ -12,6 +12,7 @@ risk of chatalign.kto on (real, generated) pairs instead; every batch holds whol
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from chatalign.configs import ChatalignParser, DataArguments, write_run_args
@@ -31,7 +32,8 @@ def main(argv=None):
     from chatalign.kto import check_kto_arguments
 
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
-    configs = (model_args, data_args, training_args, script_args)
+    # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
+    configs = copy.deepcopy((model_args, data_args, training_args, script_args))
     check_kto_arguments(script_args, training_args, data_args)
     nnpu = script_args.kto_variant == "nnpu"
 

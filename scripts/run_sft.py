@@ -11,6 +11,7 @@ labels. Rows longer than max_length are truncated or dropped (`overflow`), and b
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,7 +37,8 @@ def make_parser() -> ChatalignParser:
 
 def main(argv=None):
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
-    configs = (model_args, data_args, training_args, script_args)
+    # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
+    configs = copy.deepcopy((model_args, data_args, training_args, script_args))
 
     from trl import SFTTrainer
 

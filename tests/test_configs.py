@@ -203,3 +203,30 @@ def test_run_args_file_is_a_recipe(tmp_path, parser):
 
 def test_read_run_args_missing(tmp_path):
     assert read_run_args(tmp_path) is None
+
+
+def test_choices_are_enforced():
+    from trl import ModelConfig
+
+    with pytest.raises(ConfigError) as err:
+        ChatalignParser([ModelConfig]).parse(["--dtype=bf16"])
+    assert str(err.value).startswith("key 'dtype' in the command line: 'bf16' is not one of 'auto', ")
+    (model_args,) = ChatalignParser([ModelConfig]).parse(["--dtype=bfloat16"])
+    assert model_args.dtype == "bfloat16"
+
+
+def test_run_args_masks_secrets_on_the_command_line_but_keeps_config_keys(tmp_path, monkeypatch):
+    @dataclass
+    class Args:
+        hub_token: str | None = None
+        tokenizer_name_or_path: str | None = None
+        api_key_env: str = "OPENAI_API_KEY"
+
+    monkeypatch.setattr("sys.argv", ["run_sft.py", "--hub_token=hf_SECRETXYZ", "--hub_token", "hf_OTHER",
+                                     "--tokenizer_name_or_path=foo/tok"])
+    (args,) = ChatalignParser([Args]).parse(["--hub_token=hf_SECRETXYZ", "--tokenizer_name_or_path=foo/tok"])
+    text = write_run_args(tmp_path, [args]).read_text()
+    assert "hf_SECRETXYZ" not in text and "hf_OTHER" not in text
+    doc = read_run_args(tmp_path)
+    assert doc["chatalign"]["command"] == "run_sft.py --hub_token=*** --hub_token *** --tokenizer_name_or_path=foo/tok"
+    assert doc["args"] == {"tokenizer_name_or_path": "foo/tok", "api_key_env": "OPENAI_API_KEY"}

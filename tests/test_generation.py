@@ -695,3 +695,47 @@ def test_smollm2_through_transformers_serve(smollm2_dir, tmp_path):
     assert "Paris" in rows[0]["completions"][0]
     assert all(len(row["completions"]) == 1 and row["completions"][0] for row in rows)
     assert "<|im_end|>" not in rows[0]["completions"][0]
+
+
+def test_resumable_jsonl_recovers_from_a_torn_last_line(tmp_path):
+    from chatalign.generation import ResumableJsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": 1, "x": 1}\n{"id": 2, "x"')  # killed mid-write
+    store = ResumableJsonl(path)
+    assert 1 in store and 2 not in store
+    store.add({"id": 2, "x": 2})
+    store.add({"id": 3, "x": 3})
+    again = ResumableJsonl(path)
+    assert [again.get(i)["x"] for i in (1, 2, 3)] == [1, 2, 3]
+    # a whole row written by hand without its final newline is kept
+    path.write_text('{"id": 7, "x": 7}')
+    ResumableJsonl(path).add({"id": 8, "x": 8})
+    assert len(ResumableJsonl(path)) == 2
+
+
+def test_local_generation_cuts_at_special_token_stops(tiny_tokenizer):
+    """Stop strings such as <|im_end|> are special tokens: the text is cut at them before specials are stripped."""
+    import torch
+
+    from chatalign.generation import SamplingParams, generate_local
+
+    continuation = tiny_tokenizer.encode("Paris.<|im_end|>\n<|im_start|>user\nmore", add_special_tokens=False)
+
+    class ScriptedModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            tail = torch.tensor([continuation] * input_ids.shape[0])
+            return torch.cat([input_ids, tail], dim=1)
+
+    tok = tiny_tokenizer
+    tok.padding_side = "left"
+    out = generate_local(ScriptedModel(), tok, [[{"role": "user", "content": "Capital of France?"}]],
+                         SamplingParams(max_tokens=16, stop=["<|im_end|>"]), progress=False)
+    assert out == [["Paris."]]
+    unstopped = generate_local(ScriptedModel(), tok, [[{"role": "user", "content": "Capital of France?"}]],
+                               SamplingParams(max_tokens=16), progress=False)
+    assert unstopped == [["Paris.\nuser\nmore"]]

@@ -79,6 +79,9 @@ def test_lora_sft_saves_an_adapter(tmp_path, tiny_model_dir):
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     adapter = load_file(str(out / "adapter_model.safetensors"))
     assert any("lora_B" in k and adapter[k].abs().sum() > 0 for k in adapter), "LoRA B stayed zero: no training"
+    assert not (out / "config.json").exists()  # a base config beside the adapter would break loading
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # base + adapter, as sample_checkpoints loads it
+    assert reloaded(torch.tensor([[1, 2, 3]])).logits.isfinite().all()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
@@ -182,6 +185,8 @@ def test_resample_each_epoch_trains_on_new_subsets(tmp_path, tiny_model_dir):
     trainer = load_script("run_sft").main([recipe])
     dataset = trainer.train_dataset
     assert dataset.epoch == 1  # the callback moved it to the second epoch's draw
+    # padding-free hands TRL max_length=None; run_args.yaml still records the recipe's 128
+    assert yaml.safe_load((tmp_path / "out/run_args.yaml").read_text())["args"]["max_length"] == 128
     assert not (dataset.epoch_indices(0) == dataset.epoch_indices(1)).all()
 
 

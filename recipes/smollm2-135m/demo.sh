@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=${BASE:-models/smollm2-135m-instruct}
 OUT_DIR=${OUT_DIR:-outputs}
-[ -f "$BASE/config.json" ] || python scripts/prepare_model.py --output_dir "$BASE"
+[ -f "$BASE/prepare_info.json" ] || python scripts/prepare_model.py --output_dir "$BASE"
 
 python scripts/run_sft.py recipes/smollm2-135m/sft/config_full.yaml \
     --model_name_or_path="$BASE" --output_dir="$OUT_DIR/smollm2-135m-sft-full" "$@"

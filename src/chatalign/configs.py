@@ -236,11 +236,14 @@ class ChatalignParser(HfArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(dataclass_types, **kwargs)
         self.field_types: dict[str, list[tuple[type, Any]]] = {}
+        self.field_choices: dict[str, list] = {}
         for dtype in self.dataclass_types:
             hints = typing.get_type_hints(dtype)
             for f in dataclasses.fields(dtype):
                 if f.init:
                     self.field_types.setdefault(f.name, []).append((dtype, hints[f.name]))
+                    if f.metadata.get("choices"):
+                        self.field_choices[f.name] = list(f.metadata["choices"])
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _unknown(self, key: str, where: str) -> ConfigError:
@@ -251,11 +254,21 @@ class ChatalignParser(HfArgumentParser):
     def _coerce_value(self, key: str, value: Any, where: str, from_cli: bool) -> Any:
         _, tp = self.field_types[key][0]
         try:
-            return _coerce(value, tp, from_cli)
+            coerced = _coerce(value, tp, from_cli)
         except _Mismatch:
             raise ConfigError(
                 f"key '{key}' in {where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
             ) from None
+        # argparse would enforce a field's `choices`; we parse values ourselves, so check them here.
+        choices = self.field_choices.get(key)
+        if choices and coerced is not None:
+            values = coerced if isinstance(coerced, list) else [coerced]
+            plain = [v.value if isinstance(v, enum.Enum) else v for v in values]
+            bad = [v for v in plain if v not in choices]
+            if bad:
+                raise ConfigError(f"key '{key}' in {where}: {bad[0]!r} is not one of "
+                                  f"{', '.join(repr(c) for c in choices)}")
+        return coerced
 
     def _split_argv(self, argv: list[str]) -> tuple[list[Path], list[str], list[tuple[str, str | None]]]:
         files, blocks, overrides = [], [], []
@@ -347,16 +360,35 @@ class ChatalignParser(HfArgumentParser):
 # --------------------------------------------------------------------------------------------------------------------
 # run_args.yaml: the fully resolved config of a run, read back by the eval scripts
 
-SECRET_MARKERS = ("token", "api_key", "apikey", "secret", "password")
 SECRET_ENV_VARS = ("OPENAI_API_KEY", "WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY")
+# Keys whose values are credentials. Matched by name, not substring: tokenizer_name_or_path, api_key_env (the *name* of
+# a variable) and include_num_input_tokens_seen are configuration and must survive into run_args.yaml.
+SECRET_SUFFIXES = ("hub_token", "_api_key", "api_key", "password", "secret", "access_token", "auth_token")
 
 
 def _is_secret_key(key: str) -> bool:
     key = key.lower()
-    # `pad_token`, `max_tokens` and friends are not secrets; hub_token, api_key are.
-    if key.endswith(("_tokens", "pad_token", "eos_token", "bos_token", "unk_token")) or "token_id" in key:
-        return False
-    return any(marker in key for marker in SECRET_MARKERS)
+    return key in ("token",) or key.endswith(SECRET_SUFFIXES)
+
+
+def _mask_command(argv: list[str], secrets: set[str]) -> str:
+    """The command line with the values of secret-named keys masked (`--hub_token=x` and `--hub_token x`)."""
+    masked, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            masked.append("***")
+            hide_next = False
+            continue
+        key, eq, _ = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key and _is_secret_key(key.replace("-", "_")):
+            if eq:
+                masked.append(f"--{key}=***")
+            else:
+                masked.append(arg)
+                hide_next = True
+            continue
+        masked.append(arg)
+    return _plain(" ".join(masked), secrets)
 
 
 def _plain(value: Any, secrets: set[str]) -> Any:
@@ -428,7 +460,7 @@ def write_run_args(output_dir: str | Path, configs, script: str | None = None, e
                 args[f.name] = _plain(getattr(config, f.name), secrets)
     meta = {
         "script": script or Path(sys.argv[0]).name,
-        "command": _plain(" ".join(sys.argv), secrets),
+        "command": _mask_command(sys.argv, secrets),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "packages": package_versions(),

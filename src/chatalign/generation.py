@@ -109,6 +109,12 @@ def _seeded_sampler(row_seeds: list[int], temperature: float, top_p: float, devi
     return SeededSampler()
 
 
+def _strip_specials(text: str, specials: list[str]) -> str:
+    for token in specials:
+        text = text.replace(token, "")
+    return text
+
+
 def generate_local(model, tokenizer, conversations: list[list[dict]], params: SamplingParams,
                    batch_size: int = 8, progress: bool = True, seeds: list[int] | None = None) -> list[list[str]]:
     """`params.n` completions for each conversation (a list of messages ending with a user turn), in input order.
@@ -166,9 +172,16 @@ def generate_local(model, tokenizer, conversations: list[list[dict]], params: Sa
                 pad_token_id=pad_id,
             )
         new_tokens = out[:, width:]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        # Keep special tokens until the stop strings have cut the text: most stops (<|im_end|>, </s>) are special
+        # tokens, and skipping them first would leave nothing to cut at.
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+        # what skip_special_tokens would drop: the special map plus every added token flagged special
+        specials = sorted({t for t in tokenizer.all_special_tokens if t} | {
+            t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}, key=len,
+            reverse=True)
         for row, i in enumerate(batch):
-            samples = [_truncate_at_stop(t, params.stop).strip() for t in texts[row * copies:(row + 1) * copies]]
+            samples = [_strip_specials(_truncate_at_stop(t, params.stop), specials).strip()
+                       for t in texts[row * copies:(row + 1) * copies]]
             results[i] = samples if do_sample else samples * params.n
         bar.update(len(batch))
     bar.close()
@@ -228,6 +241,7 @@ class ResumableJsonl:
         self.key = key
         self._rows: dict[str, dict] = {}
         if self.path.is_file():
+            self._drop_torn_tail()
             with self.path.open(encoding="utf-8") as handle:
                 for number, line in enumerate(handle, 1):
                     line = line.strip()
@@ -239,6 +253,21 @@ class ResumableJsonl:
                         logger.warning("%s line %d is incomplete (interrupted write): ignored", self.path, number)
                         continue
                     self._rows[str(row[key])] = row
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line left without its newline by a killed write, so the next append starts on a fresh line."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[keep:])
+            except ValueError:
+                logger.warning("%s: dropping an incomplete last line (interrupted write)", self.path)
+                with self.path.open("r+b") as handle:
+                    handle.truncate(keep)
+                return
+            with self.path.open("ab") as handle:  # a whole row without its newline (written by hand)
+                handle.write(b"\n")
 
     def __contains__(self, row_id: Any) -> bool:
         return str(row_id) in self._rows
@@ -444,7 +473,8 @@ class ChatClient:
                 if self._api_key:  # some servers echo the key they rejected
                     reason = reason.replace(self._api_key, "***")
                 if not retryable:
-                    raise ChatRequestError(f"chat completion request to {url} failed: {reason}", url, status) from err
+                    # `from None`: the original exception's message may echo the key, and a chained traceback prints it.
+                    raise ChatRequestError(f"chat completion request to {url} failed: {reason}", url, status) from None
                 errors.append((url, reason))
                 if attempt + 1 == attempts:
                     break

@@ -171,9 +171,13 @@ def save_run(trainer, configs, metrics: dict, data_counts: dict | None = None) -
             results["data"] = data_counts
         Path(args.output_dir, "train_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         write_run_args(args.output_dir, configs)
-        if getattr(trainer.model, "config", None) is not None:
-            trainer.model.config.use_cache = True
-            trainer.model.config.save_pretrained(args.output_dir)
+        if _is_peft(model):
+            # The folder holds an adapter: a base config.json beside it would make transformers take it for a full
+            # model and fail to load it; the generation config (with the template's stop tokens) is still useful.
+            model.generation_config.save_pretrained(args.output_dir)
+        elif getattr(model, "config", None) is not None:
+            model.config.use_cache = True
+            model.config.save_pretrained(args.output_dir)
     if args.push_to_hub:
         trainer.push_to_hub(tags=["chatalign"])
 
@@ -193,6 +197,14 @@ def train_save_evaluate(trainer, configs, checkpoint: str | None, data_counts: d
         trainer.save_metrics("eval", metrics["eval"])
     logger.info("done: %s", trainer.args.output_dir)
     return metrics
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
 
 
 def count_summary(counter: Counter) -> str:
