@@ -61,6 +61,10 @@ def main(argv=None):
     # 1. Logging, checks that need no data, and the resolved config
     setup_logging(training_args)
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
+    if getattr(training_args, "truncation_mode", "keep_start") != "keep_start":
+        # chatalign renders and cuts conversations itself, keeping the start (system prompt and first turns)
+        raise ValueError(f"truncation_mode={training_args.truncation_mode!r}: run_sft keeps the start of each "
+                         "conversation; use overflow: drop to skip long rows instead")
     checkpoint = resolve_resume_checkpoint(training_args)
     if training_args.process_index == 0:
         write_run_args(training_args.output_dir, configs)

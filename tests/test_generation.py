@@ -739,3 +739,14 @@ def test_local_generation_cuts_at_special_token_stops(tiny_tokenizer):
     unstopped = generate_local(ScriptedModel(), tok, [[{"role": "user", "content": "Capital of France?"}]],
                                SamplingParams(max_tokens=16), progress=False)
     assert unstopped == [["Paris.\nuser\nmore"]]
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, tiny_model_dir):
+    from chatalign.generation import GenerationArguments, SamplingParams, generate
+
+    items = [{"id": "a", "messages": [{"role": "user", "content": "hi"}]}]
+    args = GenerationArguments(backend="transformers")
+    out = tmp_path / "gen.jsonl"
+    generate(str(tiny_model_dir), items, SamplingParams(max_tokens=2), args, out, progress=False)
+    with pytest.raises(ValueError, match=r"item 'a' was generated with params .* this run asks for"):
+        generate(str(tiny_model_dir), items, SamplingParams(max_tokens=2, n=3), args, out, progress=False)

@@ -288,3 +288,9 @@ def test_sample_checkpoints_side_by_side(tmp_path, tiny_model_dir, capsys):
     assert [r["prompt"] for r in rows] == ["Say hi.", "Name a color."]
     # the same checkpoint twice, greedy: identical columns
     assert samples[str(tiny_model_dir)] == [r[str(tiny_model_dir)] for r in rows]
+
+
+def test_unsupported_truncation_mode_is_refused_before_loading(tmp_path):
+    recipe = write_recipe(tmp_path, tmp_path / "no-such-model", truncation_mode="keep_end")
+    with pytest.raises(ValueError, match="truncation_mode='keep_end': run_sft keeps the start"):
+        load_script("run_sft").main([recipe])

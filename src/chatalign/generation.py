@@ -663,6 +663,7 @@ def generate(model: str, items: Iterable[dict], params: SamplingParams, gen_args
     check_items(items, str(output_file))
     store = ResumableJsonl(output_file)
     todo = [item for item in items if item["id"] not in store]
+    _check_same_generator(store, items, model, params, output_file)
     if len(items) - len(todo):
         logger.info("%s: %d of %d items already done", output_file, len(items) - len(todo), len(items))
     backend = resolve_backend(gen_args)
@@ -681,6 +682,22 @@ def generate(model: str, items: Iterable[dict], params: SamplingParams, gen_args
             results.close()  # stops a launched server / abandons requests not started, even on an error
             bar.close()
     return [store.get(item["id"]) for item in items]
+
+
+def _check_same_generator(store: ResumableJsonl, items: list[dict], model: str, params: SamplingParams,
+                          output_file) -> None:
+    """Resuming into a file written by another model or other sampling settings would mix two runs: refuse."""
+    wanted = {"model": model, "params": asdict(params)}
+    for item in items:
+        row = store.get(item["id"])
+        if row is None or "generator" not in row:
+            continue
+        done = {"model": row["generator"].get("model"), "params": row["generator"].get("params")}
+        for key in ("model", "params"):
+            if done[key] != wanted[key]:
+                raise ValueError(f"{output_file}: item {item['id']!r} was generated with {key} {done[key]!r}, this "
+                                 f"run asks for {wanted[key]!r}; use another output file or remove it to start over")
+        return  # rows of one file come from one run: checking the first done item is enough
 
 
 def resolve_backend(gen_args: GenerationArguments) -> str:
