@@ -28,7 +28,11 @@ DEFAULT_PROMPTS = [
 @dataclass
 class SampleArguments:
     model_paths: list[str] = field(default_factory=list, metadata={"help": "Checkpoints to compare (comma-separated)."})
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={"help": "User prompts: --prompts \"a\" \"b\" (one token is split at commas; write a prompt with a comma as a YAML list '[\"Hi, you\"]')."})
+    prompts: list[str] = field(
+        default_factory=lambda: list(DEFAULT_PROMPTS),
+        metadata={"help": "User prompts: --prompts 'a' 'b'. One token is split at commas, so write a prompt that "
+                          "holds a comma as a YAML list: --prompts '[\"Hi, you\"]'."},
+    )
     max_new_tokens: int = 64
     chat_template: str | None = field(default=None, metadata={"help": "Override the checkpoints' own template."})
     column_width: int = 40
