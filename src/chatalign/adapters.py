@@ -29,7 +29,7 @@ from chatalign.formatting import (
     _as_messages,
     _type_name,
     check_content,
-    check_message,
+    check_message_list,
     register_adapter,
     validate_messages,
 )
@@ -117,16 +117,9 @@ def split_shared_prompt(
     ("prefix mismatch" / "bad completion" / "bad type" / "empty conversation") otherwise.
     """
     for value, field in ((chosen, chosen_field), (rejected, rejected_field)):
-        if value is None:
-            raise InvalidRow(field, "missing value", "value is missing")
-        if not isinstance(value, list):
-            raise InvalidRow(field, "bad type", f"expected a list of messages, got {_type_name(value)}")
-        if not value:
-            raise InvalidRow(field, "empty conversation", "conversation is empty")
-        for index, message in enumerate(value):
-            problem = check_message(message, f"{field}[{index}]")
-            if problem is not None:
-                raise InvalidRow(problem.field, problem.reason, problem.detail)
+        problem = check_message_list(value, field)
+        if problem is not None:
+            raise InvalidRow(problem.field, problem.reason, problem.detail)
         if value[-1]["role"] != "assistant":
             raise InvalidRow(
                 f"{field}[{len(value) - 1}].role",

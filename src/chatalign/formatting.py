@@ -175,16 +175,36 @@ def check_message(message: Any, field: str) -> RowProblem | None:
     return check_content(message.get("content"), f"{field}.content")
 
 
-def validate_messages(
-    messages: Any, field: str = "messages", *, final_roles: Sequence[str] | None = None
-) -> RowProblem | None:
-    """First problem in a conversation (shape, roles, order, content; last role in ``final_roles`` if given)."""
+def _conversation_shape(messages: Any, field: str) -> RowProblem | None:
+    """A conversation value that is missing, not a list, or empty."""
     if messages is None:
         return RowProblem(field, "missing value", "value is missing")
     if not isinstance(messages, list):
         return RowProblem(field, "bad type", f"expected a list of messages, got {_type_name(messages)}")
     if not messages:
         return RowProblem(field, "empty conversation", "conversation is empty")
+    return None
+
+
+def check_message_list(messages: Any, field: str) -> RowProblem | None:
+    """First shape problem of a conversation: missing, not a list, empty, or a malformed message (no order rules)."""
+    problem = _conversation_shape(messages, field)
+    if problem is not None:
+        return problem
+    for index, message in enumerate(messages):
+        problem = check_message(message, f"{field}[{index}]")
+        if problem is not None:
+            return problem
+    return None
+
+
+def validate_messages(
+    messages: Any, field: str = "messages", *, final_roles: Sequence[str] | None = None
+) -> RowProblem | None:
+    """First problem in a conversation (shape, roles, order, content; last role in ``final_roles`` if given)."""
+    problem = _conversation_shape(messages, field)
+    if problem is not None:
+        return problem
     previous: str | None = None
     for index, message in enumerate(messages):
         where = f"{field}[{index}]"
