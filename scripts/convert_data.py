@@ -47,7 +47,7 @@ def main(argv=None) -> Path:
     (args,) = make_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from chatalign.selfplay import convert_rows, merge_fractions, summary, write_training_set
+    from chatalign.synth.selfplay import convert_rows, merge_fractions, summary, write_training_set
 
     generated = merge_fractions(args.input_dir, args.split)
     rows, counts = convert_rows(generated, args.format)

@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 
 from chatalign.configs import ChatalignParser, write_run_args
-from chatalign.generation import GenerationArguments
-from chatalign.judges import JudgeArguments
-from chatalign.pairs import PairGenArguments
+from chatalign.generation.params import GenerationArguments
+from chatalign.judges.loading import JudgeArguments
+from chatalign.synth.pairs import PairGenArguments
 
 logger = logging.getLogger("gen_preference_pairs")
 
@@ -50,7 +50,7 @@ def main(argv=None, judge=None):
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from chatalign import pairs
+    from chatalign.synth import pair_pipeline, pairs
 
     # Without a GPU, PartialState only joins the processes torchrun / `accelerate launch --multi_gpu` started when
     # told to use the CPU (gloo); otherwise every process would think it is alone and take every prompt.
@@ -63,12 +63,12 @@ def main(argv=None, judge=None):
     with state.main_process_first():  # one process fills the datasets cache, the others read it
         prompts = pairs.load_prompts(args.prompt_dataset, args.prompt_dataset_split, args.max_samples, args.seed,
                                      args.prompt_dataset_format, args.skip_invalid)
-    barrier = functools.partial(pairs.wait_for_shards, args.dset_save_name, state.num_processes, token[0])
-    stats = pairs.run(args, gen_args, judge_args, rank=state.process_index, world_size=state.num_processes,
-                      barrier=barrier, is_main=state.is_main_process, judge=judge, prompts=prompts,
-                      progress=state.is_local_main_process, run_token=token[0])
+    barrier = functools.partial(pair_pipeline.wait_for_shards, args.dset_save_name, state.num_processes, token[0])
+    stats = pair_pipeline.run(args, gen_args, judge_args, rank=state.process_index, world_size=state.num_processes,
+                              barrier=barrier, is_main=state.is_main_process, judge=judge, prompts=prompts,
+                              progress=state.is_local_main_process, run_token=token[0])
     if stats is not None:
-        print(pairs.format_stats(stats))
+        print(pair_pipeline.format_stats(stats))
         for split, path in stats["files"].items():
             print(f"{split}: {path}")
     return stats

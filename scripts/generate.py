@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from chatalign.configs import ChatalignParser
-from chatalign.generation import GenerationArguments
+from chatalign.generation.params import GenerationArguments
 
 logger = logging.getLogger("generate")
 
@@ -65,8 +65,9 @@ def main(argv=None) -> list[dict]:
     args, gen_args = make_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from chatalign.generation import SamplingParams, generate
-    from chatalign.selfplay import fraction_file, fraction_items, load_prompts
+    from chatalign.generation.generate import generate
+    from chatalign.generation.params import SamplingParams
+    from chatalign.synth.selfplay import fraction_file, fraction_items, load_prompts
 
     prompts = load_prompts(args.input_dir, args.split)
     items = fraction_items(prompts, args.data_frac, args.frac_len, args.shuffle_seed)

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatalign.configs import ChatalignParser
-from chatalign.generation import GenerationArguments
-from chatalign.judges import EVAL_MODES, JudgeArguments
+from chatalign.generation.params import GenerationArguments
+from chatalign.judges.annotate import EVAL_MODES
+from chatalign.judges.loading import JudgeArguments
 
 logger = logging.getLogger("judge_dataset")
 
@@ -76,9 +77,12 @@ def main(argv=None, judge=None):
     args, judge_args, gen_args = make_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from chatalign import judges
-    from chatalign.data import mix_datasets
-    from chatalign.generation import ResumableJsonl
+    from chatalign.data.mixer import mix_datasets
+    from chatalign.judges.annotate import agreement_summary, annotate_pairs, format_agreement_table
+    from chatalign.judges.cache import JudgmentCache
+    from chatalign.judges.loading import load_judge
+    from chatalign.judges.prompts import render_conversation
+    from chatalign.store import ResumableJsonl, judgment_key, pair_id
 
     mixed = mix_datasets({args.dset_name: {"fraction": 1.0, "split_map": {"train": args.dset_split}}}, "preference",
                          splits=["train"], skip_invalid=args.skip_invalid, dataset_format=args.dset_format,
@@ -91,19 +95,19 @@ def main(argv=None, judge=None):
         data = data.select(range(min(args.num_to_judge, len(data))))
     rows = list(data)
 
-    judge = judge or judges.load_judge(args.judge_model, judge_args, gen_args, default_kind="llm")
+    judge = judge or load_judge(args.judge_model, judge_args, gen_args, default_kind="llm")
     work = Path(args.work_dir)
-    cache = judges.JudgmentCache(work / "judgments.jsonl")
+    cache = JudgmentCache(work / "judgments.jsonl")
     done = ResumableJsonl(work / f"verdicts-{args.eval_mode}.jsonl", key="key")
-    ids = [judges.pair_id(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
-    keys = [judges.judgment_key(judge.name, args.eval_mode, [], pid) for pid in ids]
+    ids = [pair_id(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
+    keys = [judgment_key(judge.name, args.eval_mode, [], pid) for pid in ids]
     todo = [i for i, key in enumerate(keys) if key not in done]
     logger.info("%d rows to judge (%d done before) with %s, mode %s", len(todo), len(rows) - len(todo), judge.name,
                 args.eval_mode)
     step = max(int(getattr(judge, "chunk_size", 8)), 1)
     for start in range(0, len(todo), step):
         chunk = todo[start:start + step]
-        for i, verdict in zip(chunk, judges.annotate_pairs([rows[i] for i in chunk], judge, cache, args.eval_mode),
+        for i, verdict in zip(chunk, annotate_pairs([rows[i] for i in chunk], judge, cache, args.eval_mode),
                               strict=True):
             done.add({"key": keys[i], **verdict})
 
@@ -113,9 +117,9 @@ def main(argv=None, judge=None):
         verdicts.append(verdict)
         verdict.update(row=i, pair_id=pid, prompt_id=row.get("prompt_id"), orig_score_chosen=row.get("score_chosen"),
                        orig_score_rejected=row.get("score_rejected"),
-                       prompt=judges.render_conversation(row["prompt"]), chosen=row["chosen"][0]["content"],
+                       prompt=render_conversation(row["prompt"]), chosen=row["chosen"][0]["content"],
                        rejected=row["rejected"][0]["content"])
-    summary = judges.agreement_summary(verdicts)
+    summary = agreement_summary(verdicts)
     summary["judge_calls"] = cache.paid
     out = Path(args.output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,7 @@ def main(argv=None, judge=None):
         writer.writerows(verdicts)
     title = (f"{args.dset_name} [{args.dset_split}], {len(rows)} rows, judge {judge.name}, mode {args.eval_mode} "
              f"({cache.paid} judgments paid for in this run)")
-    print(judges.format_agreement_table(summary, title))
+    print(format_agreement_table(summary, title))
     print(f"per-row verdicts: {out}")
     return summary
 

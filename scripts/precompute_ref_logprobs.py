@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from chatalign.configs import ChatalignParser, ConfigError, DataArguments
-from chatalign.dpo import DPOScriptArguments
-from chatalign.training import ModelArguments
+from chatalign.configs import ChatalignParser, ConfigError
+from chatalign.data.arguments import DataArguments
+from chatalign.train.dpo.arguments import DPOScriptArguments
+from chatalign.train.models import ModelArguments
 
 logger = logging.getLogger("precompute_ref_logprobs")
 
@@ -42,16 +43,17 @@ def make_parser() -> ChatalignParser:
 def main(argv=None):
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
 
-    from chatalign.dpo import (
+    from chatalign.train.dpo.arguments import check_dpo_arguments
+    from chatalign.train.dpo.reference import (
         RefLogps,
-        check_dpo_arguments,
         compute_ref_logps,
-        load_preference_data,
         open_ref_logps_file,
         pair_keys,
         reference_dependencies,
     )
-    from chatalign.training import load_model, load_tokenizer, setup_logging
+    from chatalign.train.dpo.selection import load_preference_data
+    from chatalign.train.models import load_model, load_training_tokenizer
+    from chatalign.train.run import setup_logging
 
     # 1. Checks that need no data or model
     if not script_args.precompute_file_path:
@@ -64,7 +66,7 @@ def main(argv=None):
     path = Path(script_args.precompute_file_path)
 
     # 2. Tokenizer, the rows run_dpo will train and evaluate on, and what the log-probs depend on
-    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
     with training_args.main_process_first(desc="dataset preparation"):
         train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
                                                                         tokenizer)

@@ -82,7 +82,7 @@ def main(argv=None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chatalign.model_utils import ensure_pad_token, set_stop_tokens
+    from chatalign.data.tokenizers import ensure_pad_token, set_stop_tokens
 
     dtype = getattr(torch, args.dtype)
 
@@ -100,7 +100,7 @@ def main(argv=None) -> Path:
     logger.info("loaded %s: %s, %.1fM parameters", source, type(model).__name__, model.num_parameters() / 1e6)
 
     # 2. Chat template first: the pad token must not be a token the final template writes
-    from chatalign.chat_templates import infer_stop_strings, set_chat_template
+    from chatalign.data.templates import infer_stop_strings, set_chat_template
 
     template_name = None
     if args.chat_template:

@@ -8,8 +8,8 @@ Writes <output_dir>/train.parquet and <output_dir>/test.parquet, rows {prompt_id
 Each conversation gives its first exchange: the messages up to the first user turn are the prompt, the assistant reply
 after it is the real answer; later turns are dropped (they answer a first reply the model never wrote). prompt_id is
 the source's own (UltraChat) or a sha256 of the prompt; repeated prompts are kept once. A source without a test split
-gets `test_size` of its prompts carved off (seeded). The source is read with chatalign.data.load_source (hub id, file
-or folder) and any SFT adapter (`format`, detected when not given); ToRA-style math trajectories are read whole.
+gets `test_size` of its prompts carved off (seeded). The source is read with chatalign.data.sources.load_source (hub
+id, file or folder) and any SFT adapter (`format`, detected when not given); ToRA-style math trajectories are read whole.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main(argv=None) -> dict[str, Path]:
     (args,) = make_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from chatalign.selfplay import reformat_source, summary, write_rows
+    from chatalign.synth.selfplay import reformat_source, summary, write_rows
 
     test_size = args.test_size if args.test_size < 1 else int(args.test_size)
     splits, counts = reformat_source(args.data, args.train_split, args.test_split, test_size, args.seed,

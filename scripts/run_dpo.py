@@ -8,7 +8,7 @@ any of TRL's `loss_type`s (a list combines several, weighted by `loss_weights`),
 rewards/margins and rewards/accuracies are logged with the loss. The reference is `ref_model_name_or_path`, else the
 model itself loaded a second time; with PEFT it is the model with its adapter disabled (nothing extra is loaded).
 
-Variants (recipe keys, see chatalign.dpo):
+Variants (recipe keys, see chatalign.train.dpo):
   max_data_size         a subset of this many pairs, drawn with the training seed (a baseline for the next one)
   preference_config     {score difference: weight}: pairs are sampled, within max_data_size, with probability
                         proportional to the weight of their bucket round(score_chosen - score_rejected); -100 sets the
@@ -23,9 +23,10 @@ from __future__ import annotations
 import copy
 import logging
 
-from chatalign.configs import ChatalignParser, DataArguments, write_run_args
-from chatalign.dpo import DPOScriptArguments
-from chatalign.training import ModelArguments
+from chatalign.configs import ChatalignParser, write_run_args
+from chatalign.data.arguments import DataArguments
+from chatalign.train.dpo.arguments import DPOScriptArguments
+from chatalign.train.models import ModelArguments
 
 logger = logging.getLogger("run_dpo")
 
@@ -41,26 +42,18 @@ def main(argv=None):
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
 
-    from chatalign.dpo import (
-        ChatalignDPOTrainer,
-        attach_ref_logps,
-        check_dpo_arguments,
-        load_preference_data,
-        open_ref_logps_file,
-        reference_dependencies,
-        reference_model_path,
-    )
-    from chatalign.model_utils import check_quantization_request
-    from chatalign.training import (
-        RecordRunArgsCallback,
+    from chatalign.train.dpo.arguments import check_dpo_arguments, reference_model_path
+    from chatalign.train.dpo.reference import attach_ref_logps, open_ref_logps_file, reference_dependencies
+    from chatalign.train.dpo.selection import load_preference_data
+    from chatalign.train.dpo.trainer import ChatalignDPOTrainer
+    from chatalign.train.models import (
+        check_quantization_request,
         load_model,
         load_reference_model,
-        load_tokenizer,
+        load_training_tokenizer,
         peft_config,
-        resolve_resume_checkpoint,
-        setup_logging,
-        train_save_evaluate,
     )
+    from chatalign.train.run import RecordRunArgsCallback, resolve_resume_checkpoint, setup_logging, train_save_evaluate
 
     # 1. Logging, checks that need no data or model, and the resolved config
     check_dpo_arguments(training_args, data_args, script_args)
@@ -72,7 +65,7 @@ def main(argv=None):
 
     # 2. Tokenizer and data: mixed, validated, subsampled, weighted; precomputed reference log-probs are matched to
     # the rows here, so a stale file fails before any model is loaded.
-    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
     with training_args.main_process_first(desc="dataset preparation"):
         train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
                                                                         tokenizer)

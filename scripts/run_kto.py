@@ -7,7 +7,8 @@
 Preference sources (chosen/rejected) are unpaired while mixing: chosen -> label True, rejected -> label False.
 TRL's KTO samples sequentially (its KL estimate pairs each completion with a neighbour's prompt inside a batch), so
 the mixed rows are shuffled here with the recipe seed. `kto_variant: nnpu` (with `prior`) trains the non-negative PU
-risk of chatalign.kto on (real, generated) pairs instead; every batch holds whole pairs, so the batch size is even.
+risk of chatalign.train.kto on (real, generated) pairs instead; every batch holds whole pairs, so the batch size is
+even.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import copy
 import logging
 
-from chatalign.configs import ChatalignParser, DataArguments, write_run_args
-from chatalign.kto import KTOScriptArguments
-from chatalign.training import ModelArguments
+from chatalign.configs import ChatalignParser, write_run_args
+from chatalign.data.arguments import DataArguments
+from chatalign.train.kto import KTOScriptArguments
+from chatalign.train.models import ModelArguments
 
 logger = logging.getLogger("run_kto")
 
@@ -29,7 +31,7 @@ def make_parser() -> ChatalignParser:
 
 
 def main(argv=None):
-    from chatalign.kto import check_kto_arguments
+    from chatalign.train.kto import check_kto_arguments
 
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
@@ -37,21 +39,18 @@ def main(argv=None):
     check_kto_arguments(script_args, training_args, data_args)
     nnpu = script_args.kto_variant == "nnpu"
 
-    from chatalign.kto import (
-        ChatalignKTOTrainer,
-        NNPUKTOTrainer,
-        pair_real_generated,
-        shuffle_rows,
-    )
-    from chatalign.model_utils import check_quantization_request
-    from chatalign.training import (
-        RecordRunArgsCallback,
-        load_mixture,
+    from chatalign.train.kto import ChatalignKTOTrainer, NNPUKTOTrainer, pair_real_generated, shuffle_rows
+    from chatalign.train.models import (
+        check_quantization_request,
         load_model,
         load_reference_model,
-        load_tokenizer,
+        load_training_tokenizer,
         peft_config,
         reference_model_path,
+    )
+    from chatalign.train.run import (
+        RecordRunArgsCallback,
+        load_mixture,
         resolve_resume_checkpoint,
         setup_logging,
         train_save_evaluate,
@@ -65,7 +64,7 @@ def main(argv=None):
         write_run_args(training_args.output_dir, configs)
 
     # 2. Tokenizer and data: mixed and normalised to unpaired rows, then put in training order (KTO never shuffles)
-    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     pair_counts = {}
     with training_args.main_process_first(desc="dataset preparation"):

@@ -16,8 +16,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from chatalign.configs import ChatalignParser, DataArguments, write_run_args
-from chatalign.training import ModelArguments
+from chatalign.configs import ChatalignParser, write_run_args
+from chatalign.data.arguments import DataArguments
+from chatalign.train.models import ModelArguments
 
 logger = logging.getLogger("run_sft")
 
@@ -42,21 +43,17 @@ def main(argv=None):
 
     from trl import SFTTrainer
 
-    from chatalign.chat_templates import preflight_report
-    from chatalign.data import ResampleEachEpochCallback
-    from chatalign.model_utils import check_quantization_request
-    from chatalign.training import (
+    from chatalign.data.rendering import preflight_report
+    from chatalign.data.sampling import ResampleEachEpochCallback
+    from chatalign.train.models import check_quantization_request, load_model, load_training_tokenizer, peft_config
+    from chatalign.train.run import (
         RecordRunArgsCallback,
         load_mixture,
-        load_model,
-        load_tokenizer,
-        peft_config,
         resolve_resume_checkpoint,
         setup_logging,
-        sft_renderer,
-        tokenize_sft,
         train_save_evaluate,
     )
+    from chatalign.train.sft import sft_renderer, tokenize_sft
 
     # 1. Logging, checks that need no data, and the resolved config
     setup_logging(training_args)
@@ -70,7 +67,7 @@ def main(argv=None):
         write_run_args(training_args.output_dir, configs)
 
     # 2. Tokenizer and data: mixed, validated, rendered to (input_ids, labels)
-    tokenizer = load_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
     with training_args.main_process_first(desc="dataset preparation"):
         mixture = load_mixture(data_args, "sft", training_args.seed, tokenizer)
         report, warnings = preflight_report(tokenizer, mixture.train[0]["messages"], color=False)

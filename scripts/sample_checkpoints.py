@@ -62,9 +62,10 @@ def main(argv=None) -> dict[str, list[str]]:
 
     from transformers import AutoModelForCausalLM
 
-    from chatalign.chat_templates import resolve_chat_template
-    from chatalign.generation import SamplingParams, generate_local
-    from chatalign.model_utils import load_tokenizer
+    from chatalign.data.templates import resolve_chat_template
+    from chatalign.data.tokenizers import load_tokenizer
+    from chatalign.generation.local import generate_local
+    from chatalign.generation.params import SamplingParams
 
     conversations = [[{"role": "user", "content": p}] for p in args.prompts]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens)

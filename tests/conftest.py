@@ -108,6 +108,21 @@ def build_tiny_llama(out_dir: Path, tokenizer, hidden_size: int = 32, seed: int 
     return out_dir
 
 
+def build_tiny_classifier(out_dir: Path, tokenizer, num_labels: int = 1, seed: int = 0) -> Path:
+    """A 2-layer LlamaForSequenceClassification (hidden 32) with the session tokenizer, saved as a checkpoint."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, num_labels=num_labels)
+    LlamaForSequenceClassification(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_tokenizer")
@@ -157,3 +172,30 @@ def smollm2_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
     load_script("prepare_model").main(["--output_dir", str(out)])
     return out
+
+
+@pytest.fixture
+def tok(tiny_tokenizer):
+    """A private copy of the session tokenizer, so tests can change its template and pad token."""
+    import copy
+
+    return copy.deepcopy(tiny_tokenizer)
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    """Two sft sources: A, 100 rows as jsonl; B, 40 rows as parquet."""
+    from helpers.rows import sft_rows, write_jsonl, write_parquet
+
+    return (
+        write_jsonl(tmp_path / "a" / "A.jsonl", sft_rows("A", 100)),
+        write_parquet(tmp_path / "b" / "B.parquet", sft_rows("B", 40)),
+    )
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    """A preference file whose prompts the samples of helpers.pair_samples answer."""
+    from helpers.pair_samples import SAMPLES, preference_rows, write_jsonl
+
+    return write_jsonl(tmp_path / "prompts.jsonl", preference_rows(SAMPLES))

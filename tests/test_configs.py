@@ -7,13 +7,8 @@ import pytest
 import yaml
 from transformers import TrainingArguments
 
-from chatalign.configs import (
-    ChatalignParser,
-    ConfigError,
-    DataArguments,
-    read_run_args,
-    write_run_args,
-)
+from chatalign.configs import ChatalignParser, ConfigError, read_run_args, write_run_args
+from chatalign.data.arguments import DataArguments
 
 
 @dataclass

@@ -22,8 +22,14 @@ from chatalign import launch
 from chatalign.launch import LaunchError, Topology
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate_configs"
+
+
 LAUNCH_SLURM = REPO / "recipes" / "launch.slurm"
+
+
 EXPECTED_CONFIGS = {
     "multi_gpu": "MULTI_GPU",
     "deepspeed_zero1": "DEEPSPEED",
@@ -31,6 +37,7 @@ EXPECTED_CONFIGS = {
     "deepspeed_zero3": "DEEPSPEED",
     "fsdp": "FSDP",
 }
+
 
 RECIPE = """\
 model_name_or_path: models/tiny
@@ -42,10 +49,6 @@ per_device_train_batch_size: 2
 gradient_accumulation_steps: 4
 output_dir: outputs/tiny-sft
 """
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Fixtures: a recipe tree and fake cluster tools
 
 
 @pytest.fixture
@@ -114,12 +117,10 @@ def run_launch_slurm(args: list[str], repo: Path, fake_bin: Path, **env: str) ->
 
 SLURM_ONE_NODE = dict(SLURM_JOB_ID="41", SLURM_NNODES="1", SLURM_JOB_NODELIST="gpu-007", SLURM_PROCID="0",
                       SLURM_GPUS_ON_NODE="8")
+
+
 SLURM_TWO_NODES = dict(SLURM_JOB_ID="42", SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-[001-002]", SLURM_PROCID="0",
                        SLURM_GPUS_ON_NODE="8")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Accelerate configs, checked by accelerate itself
 
 
 def _launch_args(config: Path):
@@ -229,10 +230,6 @@ def test_fsdp_config_full_shard_with_a_full_state_dict(monkeypatch):
     assert "FULL_STATE_DICT" in str(plugin.state_dict_type)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Recipe values through the project's parser
-
-
 def test_recipe_values_typed_and_defaulted_like_training_arguments(tmp_path):
     recipe = tmp_path / "config.yaml"
     recipe.write_text("learning_rate: 1.0e-5\nbf16: true\ndataset_mixer: {a.jsonl: 0.5}\n")
@@ -302,10 +299,6 @@ def test_recipe_value_command_line(repo, capsys):
     assert capsys.readouterr().err == f"chatalign.launch: error: key 'lora_r' is not set in recipe '{recipe}' nor in its overrides\n"
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Topology
-
-
 def test_topology_outside_slurm_without_gpus(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -338,10 +331,6 @@ def test_topology_errors(tmp_path, fake_bin):
         launch.detect_topology({"PATH": no_tools, "SLURM_NNODES": "two"})
     with pytest.raises(LaunchError, match="main port 70000"):
         launch.detect_topology({"PATH": no_tools}, main_port=70000)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The command
 
 
 def test_build_command_two_nodes(repo):
@@ -390,10 +379,6 @@ def test_srun_command_starts_one_launcher_per_node(repo):
         "--num_nodes=2", "--gpus_per_node=8", "--main_address=gpu-001", "--main_port=29500",
         f"--repo_root={repo}", "--node_step",
     ]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# recipes/launch.slurm through bash
 
 
 def test_slurm_dry_run_one_node(repo, fake_bin):

@@ -6,7 +6,11 @@ import pytest
 from conftest import REPO, load_script
 
 RECIPES = sorted((REPO / "recipes").glob("*/*/config_*.yaml"))
+
+
 SCRIPT_FOR_TASK = {"sft": "run_sft", "dpo": "run_dpo", "kto": "run_kto", "selfplay": "run_kto"}
+
+
 # GPU recipes ask for bf16; TrainingArguments refuses bf16 on a CPU-only machine, so validate them as CPU runs.
 CPU_OVERRIDES = ["--bf16=false", "--use_cpu=true"]
 

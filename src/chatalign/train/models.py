@@ -1,0 +1,116 @@
+"""Model loading for training: the recipe's model keys, the tokenizer, policy and reference models, PEFT."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from trl import ModelConfig
+
+from chatalign.data.tokenizers import ensure_pad_token, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's ModelConfig plus what chatalign's loading needs."""
+
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Default: model_name_or_path."})
+    keep_pad_equal_eos: bool = field(
+        default=False, metadata={"help": "Keep a pad token equal to eos (default: use a distinct pad token)."}
+    )
+
+
+def load_training_tokenizer(model_args: ModelArguments, chat_template: str | None, trust_remote_code: bool = False):
+    """The tokenizer with the recipe's chat template, or the checkpoint's own; a template is required."""
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=trust_remote_code,
+                               chat_template=chat_template)
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer of '{name}' has no chat template: set chat_template in the recipe "
+                         "(a shipped name such as chatml or zephyr, a .jinja file or a jinja string)")
+    return tokenizer
+
+
+def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_or_path: str | None = None):
+    """A causal LM in the recipe's dtype and attention, quantized where asked, with a pad token distinct from eos."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
+    quantization_config = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    kwargs = dict(revision=model_args.model_revision, dtype=dtype,
+                  trust_remote_code=getattr(training_args, "trust_remote_code", False))
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quantization_config is not None:
+        from accelerate import PartialState
+
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path or model_args.model_name_or_path, **kwargs)
+    action = ensure_pad_token(tokenizer, model, keep_pad_equal_eos=model_args.keep_pad_equal_eos)
+    logger.info("pad token: %s", action)
+    if getattr(training_args, "gradient_checkpointing", False):
+        model.config.use_cache = False
+    return model
+
+
+def check_quantization_request(load_in_4bit: bool, load_in_8bit: bool) -> None:
+    """bitsandbytes quantization needs a CUDA GPU: say so before any weights are read."""
+    if not (load_in_4bit or load_in_8bit):
+        return
+    import torch
+
+    flag = "--load_in_4bit" if load_in_4bit else "--load_in_8bit"
+    if not torch.cuda.is_available():
+        raise ValueError(f"{flag} needs a CUDA GPU (bitsandbytes); this machine has none. Use full or LoRA training.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(f"{flag} needs bitsandbytes: pip install bitsandbytes") from None
+
+
+def reference_model_path(model_args: ModelArguments, training_args, ref_model_name_or_path: str | None = None,
+                         precomputed_file: bool = False) -> str | None:
+    """The reference model a preference run must load, or None where it needs none in memory."""
+    if precomputed_file:
+        return None  # the log-probs come with the data
+    if ref_model_name_or_path:
+        return ref_model_name_or_path
+    if model_args.use_peft or training_args.precompute_ref_log_probs:
+        return None  # the policy with its adapter disabled / TRL's own pass with the policy before training
+    # TRL would reload the policy's path itself, but without our dtype, attention and pad-token handling.
+    return model_args.model_name_or_path
+
+
+def load_reference_model(model_args: ModelArguments, training_args, tokenizer, policy, path: str | None):
+    """The frozen reference from `path` (None: no reference model), with as many embedding rows as the policy.
+
+    load_model may have grown the policy's embeddings for a new pad token; loading the reference afterwards finds the
+    pad token already there and would not resize, yet it sees the same padded batches.
+    """
+    if path is None:
+        return None
+    ref = load_model(model_args, training_args, tokenizer, path)
+    rows = policy.get_input_embeddings().weight.shape[0]
+    if ref.get_input_embeddings().weight.shape[0] != rows:
+        ref.resize_token_embeddings(rows)
+    return ref
+
+
+def peft_config(model_args: ModelArguments):
+    from trl import get_peft_config
+
+    return get_peft_config(model_args)
+
+
+def is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)

@@ -1,0 +1,140 @@
+"""What every training run shares, in the order a script uses it: logging, the data mixture, resume, then the tail
+(train, save the run, evaluate)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from chatalign.configs import write_run_args
+from chatalign.data.mixer import mix_datasets
+from chatalign.data.stats import format_stats_table
+from chatalign.data.templates import infer_stop_strings
+from chatalign.data.tokenizers import set_stop_tokens
+from chatalign.train.models import is_peft
+
+logger = logging.getLogger(__name__)
+
+
+def setup_logging(training_args) -> None:
+    """chatalign and the script log at INFO on the main process; libraries follow the Trainer's log level."""
+    import datasets
+    import transformers
+
+    main_process = training_args is None or training_args.process_index == 0
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)],
+                        level=logging.INFO if main_process else logging.WARNING)
+    library_level = training_args.get_process_log_level() if training_args is not None else logging.WARNING
+    datasets.utils.logging.set_verbosity(library_level)
+    transformers.utils.logging.set_verbosity(library_level)
+
+
+def count_summary(counter: Counter) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items())) or "none"
+
+
+def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_columns=()):
+    """The recipe's dataset mixture normalised to `schema`, with its stats table logged (printed when asked)."""
+    if not data_args.dataset_mixer:
+        raise ValueError("the recipe has no dataset_mixer: name at least one dataset source")
+    mixture = mix_datasets(
+        data_args.dataset_mixer, schema, splits=data_args.dataset_splits, test_split_size=data_args.test_split_size,
+        seed=seed, dataset_filter=data_args.dataset_filter, dedup_column=data_args.dedup_column,
+        max_samples=data_args.max_samples, skip_invalid=data_args.skip_invalid,
+        dataset_format=data_args.dataset_format, tokenizer=tokenizer if data_args.show_dataset_stats else None,
+        resample_each_epoch=data_args.resample_each_epoch, extra_columns=extra_columns,
+    )
+    table = format_stats_table(mixture.stats)
+    if data_args.show_dataset_stats:
+        print(table, flush=True)
+    else:
+        logger.info("dataset mixture:\n%s", table)
+    if mixture.train is None or len(mixture.train) == 0:
+        raise ValueError(f"the mixture has no training rows (splits {data_args.dataset_splits})")
+    return mixture
+
+
+def resolve_resume_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint=true` means the newest checkpoint in output_dir; none there means a fresh start."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "no", "0", ""):
+        return None
+    if str(value).lower() in ("true", "yes", "1"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            logger.info("no checkpoint in %s: starting from scratch", training_args.output_dir)
+        else:
+            logger.info("resuming from %s", last)
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"resume_from_checkpoint: '{value}' is not a checkpoint folder")
+    return value
+
+
+class RecordRunArgsCallback(TrainerCallback):
+    """Rewrites run_args.yaml once training has begun, when the wandb run (if any) exists and has an id."""
+
+    def __init__(self, configs, extra: dict | None = None):
+        self.configs = configs
+        self.extra = extra or {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_run_args(args.output_dir, self.configs, extra=self.extra)
+
+
+def save_run(trainer, configs, metrics: dict, data_counts: dict | None = None) -> None:
+    """Save the final model (gathered under ZeRO-3), its tokenizer and template, run_args.yaml, train_results.json."""
+    args = trainer.args
+    # Trainer.save_model gathers ZeRO-3 shards into a full state dict when the DeepSpeed config sets
+    # stage3_gather_16bit_weights_on_model_save (our zero3 accelerate config does), so the end-of-training
+    # checkpoint loads with from_pretrained.
+    tokenizer = trainer.processing_class
+    model = trainer.model
+    if getattr(model, "generation_config", None) is not None and isinstance(tokenizer.chat_template, str):
+        # The template's end-of-turn tokens become generation stops in the checkpoint, so every later generation
+        # from it (sampling, serving, evaluation) stops where training taught the model to end a turn.
+        set_stop_tokens(tokenizer, model, infer_stop_strings(tokenizer.chat_template))
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(args.output_dir)
+        results = dict(metrics)
+        if data_counts:
+            results["data"] = data_counts
+        Path(args.output_dir, "train_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_run_args(args.output_dir, configs)
+        if is_peft(model):
+            # The folder holds an adapter: a base config.json beside it would make transformers take it for a full
+            # model and fail to load it; the generation config (with the template's stop tokens) is still useful.
+            model.generation_config.save_pretrained(args.output_dir)
+        elif getattr(model, "config", None) is not None:
+            model.config.use_cache = True
+            model.config.save_pretrained(args.output_dir)
+    if args.push_to_hub:
+        trainer.push_to_hub(tags=["chatalign"])
+
+
+def train_save_evaluate(trainer, configs, checkpoint: str | None, data_counts: dict) -> dict:
+    """The end every training script shares: train (resuming where asked), save the run, evaluate if there is a test
+    set. Returns the train metrics (and eval metrics under "eval")."""
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics, train_samples=len(trainer.train_dataset))
+    trainer.log_metrics("train", metrics)
+    trainer.save_state()
+    # Final model (full even under ZeRO-3), tokenizer with its chat template, run_args.yaml, train_results.json
+    save_run(trainer, configs, metrics, data_counts)
+    if trainer.eval_dataset is not None:
+        metrics["eval"] = trainer.evaluate()
+        trainer.log_metrics("eval", metrics["eval"])
+        trainer.save_metrics("eval", metrics["eval"])
+    logger.info("done: %s", trainer.args.output_dir)
+    return metrics

@@ -1,0 +1,4 @@
+"""Helpers shared by several test modules (importable as `helpers.<module>`: tests/ is on sys.path)."""
+
+
+

@@ -1,0 +1,1 @@
+"""Tests of chatalign.synth (a package, so test modules may share names with other packages' tests)."""
