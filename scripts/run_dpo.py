@@ -10,9 +10,11 @@ model itself loaded a second time; with PEFT it is the model with its adapter di
 
 Variants (recipe keys, see chatalign.train.dpo):
   max_data_size         a subset of this many pairs, drawn with the training seed (a baseline for the next one)
-  preference_config     {score difference: weight}: pairs are sampled, within max_data_size, with probability
-                        proportional to the weight of their bucket round(score_chosen - score_rejected); -100 sets the
-                        default weight, 0 excludes a bucket. Counts per bucket are logged and saved.
+  preference_config     {score difference: weight}, -100 the weight of every difference not listed. By default
+                        (preference_sampling: quota) LION's rule: bins 0..9 of floor(score_chosen - score_rejected),
+                        each with int((max_data_size // sum of the 10 weights) * weight) pairs, all of a smaller bin;
+                        negative differences are excluded. preference_sampling: weighted samples pairs with
+                        probability proportional to their bucket's weight instead. Counts per bin are logged and saved.
   rm_weight_column      a column whose value multiplies its pair's loss (every loss type but aot, aot_unpaired, sft)
   precompute_file_path  reference log-probs from scripts/precompute_ref_logprobs.py: no reference model is loaded; a
                         file that does not match this run (rows, model, tokenizer, template, max_length) is an error

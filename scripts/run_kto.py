@@ -68,7 +68,8 @@ def main(argv=None):
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     pair_counts = {}
     with training_args.main_process_first(desc="dataset preparation"):
-        mixture = load_mixture(data_args, "unpaired", seed, tokenizer)
+        # nnPU trains on (real, generated) pairs: fractions, sizes and max_samples select whole pairs by prompt_id.
+        mixture = load_mixture(data_args, "unpaired", seed, tokenizer, group_column="prompt_id" if nnpu else None)
         if nnpu:
             train_dataset, pair_counts["train"] = pair_real_generated(mixture.train, seed, "train")
         else:
@@ -89,7 +90,9 @@ def main(argv=None):
     ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path)
 
     # 4. Trainer
-    trainer_class, extra = (NNPUKTOTrainer, {"prior": script_args.prior}) if nnpu else (ChatalignKTOTrainer, {})
+    trainer_class, extra = ChatalignKTOTrainer, {}
+    if nnpu:
+        trainer_class, extra = NNPUKTOTrainer, {"prior": script_args.prior, "detach_kl": script_args.nnpu_detach_kl}
     trainer = trainer_class(
         model=model,
         ref_model=ref_model,

@@ -234,3 +234,55 @@ def test_trainer_sees_a_fresh_subset_each_epoch(tiny_model_dir, tmp_path):
     for epoch in range(3):
         assert sorted(seen[epoch]) == sorted(ids(reference.materialize(epoch)))
     assert len({tuple(sorted(v)) for v in seen.values()}) == 3
+
+
+def selfplay_rows(n_prompts: int, generations: int = 1) -> list[dict]:
+    """Unpaired self-play rows: per prompt_id one real (True) row per generation, then the generations (False)."""
+    rows = []
+    for i in range(n_prompts):
+        prompt = [{"role": "user", "content": f"q{i}"}]
+        for j in range(generations):
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": f"real {i}"}],
+                         "label": True, "prompt_id": f"p{i}"})
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": f"gen {i}.{j}"}],
+                         "label": False, "prompt_id": f"p{i}"})
+    return rows
+
+
+def pair_sizes(dataset) -> Counter:
+    """How many rows each prompt_id has, counted by size: {2: 100} is 100 whole pairs."""
+    return Counter(Counter(dataset["prompt_id"]).values())
+
+
+def test_group_column_selects_whole_self_play_pairs(tmp_path):
+    path = write_jsonl(tmp_path / "selfplay" / "train.jsonl", selfplay_rows(200))
+    broken = mix_datasets({path: 0.5}, "unpaired", splits=["train"], seed=3)
+    assert len(broken.train) == 200 and pair_sizes(broken.train)[1] > 0  # row sampling splits pairs
+    half = mix_datasets({path: 0.5}, "unpaired", splits=["train"], seed=3, group_column="prompt_id")
+    assert pair_sizes(half.train) == {2: 100}  # a 0.5 fraction of 200 pairs is 100 whole pairs
+    assert half.train["label"].count(True) == 100
+    assert half.stats.get(path, "train").sampled == half.stats.get(path, "train").final == 200
+    sized = mix_datasets({path: {"size": 30}}, "unpaired", splits=["train"], seed=3, group_column="prompt_id",
+                         max_samples=7)
+    assert pair_sizes(sized.train) == {2: 7}  # max_samples keeps whole pairs too
+    assert pair_sizes(mix_datasets({path: {"size": 30}}, "unpaired", splits=["train"], seed=3,
+                                   group_column="prompt_id").train) == {2: 30}
+    repeated = mix_datasets({path: 1.5}, "unpaired", splits=["train"], seed=3, group_column="prompt_id")
+    assert pair_sizes(repeated.train) == {2: 100, 4: 100}  # every pair once, half of them twice
+    with pytest.raises(ValueError, match=r"size 201 exceeds the 200 groups of rows by prompt_id available"):
+        mix_datasets({path: {"size": 201}}, "unpaired", splits=["train"], group_column="prompt_id")
+
+
+def test_group_column_carves_whole_groups_and_keeps_their_rows_together(tmp_path):
+    path = write_jsonl(tmp_path / "selfplay" / "train.jsonl", selfplay_rows(40, generations=2))
+    mixed = mix_datasets({path: 1.0}, "unpaired", splits=["train", "test"], test_split_size=0.25, seed=1,
+                         group_column="prompt_id")
+    assert pair_sizes(mixed.train) == {4: 30} and pair_sizes(mixed.test) == {4: 10}
+    assert not set(mixed.train["prompt_id"]) & set(mixed.test["prompt_id"])
+    order = mixed.train["prompt_id"]
+    assert all(len(set(order[k:k + 4])) == 1 for k in range(0, len(order), 4))  # shuffled as whole groups
+    with pytest.raises(ValueError, match=r"resample_each_epoch cannot redraw whole groups"):
+        mix_datasets({path: 0.5}, "unpaired", splits=["train"], group_column="prompt_id", resample_each_epoch=True)
+    with pytest.raises(ValueError, match=r"selected in whole groups by 'prompt_id', but it has no such column"):
+        mix_datasets({write_jsonl(tmp_path / "plain.jsonl", sft_rows("A", 4)): 1.0}, "sft", splits=["train"],
+                     group_column="prompt_id", columns_to_keep=["messages"])

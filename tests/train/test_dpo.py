@@ -16,8 +16,7 @@ from trl import DPOConfig, DPOTrainer
 
 from chatalign.configs import ChatalignParser, ConfigError
 from chatalign.data.arguments import DataArguments
-from chatalign.store import pair_id as pair_key
-from chatalign.store import seeded_rng
+from chatalign.store import pair_id, seeded_rng
 from chatalign.train.dpo.arguments import (
     TRL_LOSS_TYPES,
     UNWEIGHTABLE_LOSS_TYPES,
@@ -30,6 +29,7 @@ from chatalign.train.dpo.selection import (
     bucket_weights,
     load_preference_data,
     parse_preference_config,
+    quota_select,
     score_bucket,
     select_preference_data,
     weighted_sample,
@@ -172,7 +172,7 @@ def test_weighted_sample_draws_in_proportion_to_weight():
 
 def test_preference_config_selection_counts_per_bucket():
     ds = Dataset.from_list(preference_rows())
-    selected, counts = select_preference_data(ds, 6, {-100: 1.0, 1: 2.0, 5: 0.0, -1: 0}, seed=11)
+    selected, counts = select_preference_data(ds, 6, {-100: 1.0, 1: 2.0, 5: 0.0, -1: 0}, seed=11, sampling="weighted")
     buckets = counts["buckets"]
     assert {b: (v["weight"], v["available"]) for b, v in buckets.items()} == {
         -1: (0.0, 1), 0: (1.0, 1), 1: (2.0, 4), 2: (1.0, 3), 5: (0.0, 3)}  # fmt: skip
@@ -183,18 +183,77 @@ def test_preference_config_selection_counts_per_bucket():
     assert {b: chosen_buckets.count(b) for b in set(chosen_buckets)} == {
         b: v["selected"] for b, v in buckets.items() if v["selected"]}
     # A budget over the eligible rows takes them all; no budget means every eligible row.
-    assert select_preference_data(ds, 100, {-100: 1.0, 5: 0}, seed=1)[1]["selected"] == 9
-    assert len(select_preference_data(ds, None, {-100: 1.0, 5: 0}, seed=1)[0]) == 9
+    assert select_preference_data(ds, 100, {-100: 1.0, 5: 0}, seed=1, sampling="weighted")[1]["selected"] == 9
+    assert len(select_preference_data(ds, None, {-100: 1.0, 5: 0}, seed=1, sampling="weighted")[0]) == 9
 
 
-def test_max_data_size_is_the_all_ones_preference_config():
+def test_max_data_size_is_the_all_ones_weighted_preference_config():
     ds = Dataset.from_list(preference_rows())
     plain, counts = select_preference_data(ds, 5, None, seed=4)
-    ones, _ = select_preference_data(ds, 5, {-100: 1.0}, seed=4)
+    ones, _ = select_preference_data(ds, 5, {-100: 1.0}, seed=4, sampling="weighted")
     assert len(plain) == 5 and counts == {"available": 12, "eligible": 12, "selected": 5}
     assert plain["prompt_id"] == ones["prompt_id"]
     assert plain["prompt_id"] == select_preference_data(ds, 5, None, seed=4)[0]["prompt_id"]
     assert plain["prompt_id"] != select_preference_data(ds, 5, None, seed=5)[0]["prompt_id"]
+
+
+def lion_kept_per_bin(diffs, preference_config, max_data_size):
+    """LION's control_preference_strength (zephyr_dpo_pref_strength.py), transcribed: how many pairs it keeps per
+    bin. It samples with numpy's global RNG, so counts and bin membership are what two implementations share."""
+    bins = np.linspace(0, 9, 10)
+    weights_for_each_bin, all_weights = {}, []
+    for b in bins:
+        weight = preference_config[b] if b in preference_config else preference_config[-100]
+        weights_for_each_bin[b] = weight
+        all_weights.append(weight)
+    sample_per_unit_weight = max_data_size // sum(all_weights)
+    bin_to_data_idx = {}
+    for data_idx, bin_idx in enumerate(np.digitize(diffs, bins=bins, right=False) - 1):
+        bin_to_data_idx.setdefault(int(bin_idx), []).append(data_idx)
+    return {bin_idx: min(len(indices), int(sample_per_unit_weight * weights_for_each_bin[bins[bin_idx]]))
+            for bin_idx, indices in bin_to_data_idx.items()}
+
+
+@pytest.mark.parametrize("config, budget", [({-100: 1.0}, 60), ({-100: 1.0, 1.0: 2.0, 5.0: 0.5}, 100),
+                                            ({-100: 0.5, 3: 3, 9: 0}, 47), ({-100: 1, 0: 4}, 1000)])
+def test_quota_sampling_keeps_as_many_pairs_per_bin_as_lion(config, budget):
+    rng = np.random.default_rng(0)
+    # every bin edge exactly (1.0 is bin 1, not 0), values past 9 (bin 9), and a uneven spread of strengths
+    diffs = np.concatenate([np.arange(0.0, 10.0), [9.0, 10.5, 17.0, 0.999, 1.0, 8.999],
+                            rng.uniform(0, 4, 120), rng.uniform(4, 12, 25)])
+    indices, counts = quota_select(diffs, config, budget, seed=3)
+    assert {b: v["selected"] for b, v in counts["bins"].items() if v["available"]} == lion_kept_per_bin(
+        diffs, config, budget)
+    assert counts["selected"] == len(indices) == len(set(indices.tolist()))
+    bins = np.minimum(np.floor(diffs), 9).astype(int)
+    for b, v in counts["bins"].items():
+        assert sum(bins[indices] == b) == v["selected"] and v["available"] == sum(bins == b)
+        assert v["selected"] == min(v["available"], v["quota"])
+    again, _ = quota_select(diffs, config, budget, seed=3)
+    other, _ = quota_select(diffs, config, budget, seed=4)
+    sampled = any(v["available"] > v["quota"] for v in counts["bins"].values())  # else every bin is kept whole
+    assert again.tolist() == indices.tolist() and (other.tolist() != indices.tolist()) == sampled
+
+
+def test_quota_sampling_uniform_config_means_the_same_count_per_bin(caplog):
+    diffs = np.repeat(np.arange(10) + 0.5, 30)  # 30 pairs in every bin
+    indices, counts = quota_select(np.concatenate([diffs, [-0.5, -3.0]]), {-100: 1.0}, 100, seed=0)
+    assert {b: v["selected"] for b, v in counts["bins"].items()} == {b: 10 for b in range(10)}
+    assert counts["excluded: negative difference"] == 2 and max(indices) < len(diffs)  # negatives never selected
+    assert "2 pairs have score_chosen < score_rejected and are excluded" in caplog.text
+
+
+def test_quota_sampling_config_errors():
+    with pytest.raises(ConfigError, match=r"preference_config key 12: quota sampling has the bins 0..9"):
+        parse_preference_config({-100: 1.0, 12: 2.0})
+    assert parse_preference_config({-100: 1.0, 12: 2.0}, "weighted") == (1.0, {12: 2.0})
+    with pytest.raises(ValueError, match=r"gives every bin weight 0"):
+        quota_select(np.array([1.0, 2.0]), {-100: 0}, 10, seed=0)
+    ds = Dataset.from_list(preference_rows())
+    with pytest.raises(ConfigError, match=r"quota sampling needs max_data_size"):
+        select_preference_data(ds, None, {-100: 1.0}, seed=0)
+    with pytest.raises(ValueError, match=r"preference_config selects no pair: 0 pairs per unit of weight"):
+        select_preference_data(ds, 5, {-100: 1.0}, seed=0)
 
 
 def test_max_data_size_subset_of_the_mixture_is_exact_and_seeded(pref_file, tiny_tokenizer, tmp_path):
@@ -212,9 +271,19 @@ def test_max_data_size_subset_of_the_mixture_is_exact_and_seeded(pref_file, tiny
     assert train["prompt_id"] != load(1, 7)[0]["prompt_id"]
     assert set(load(0, 5)[0]["prompt_id"]) < set(train["prompt_id"])  # a smaller budget draws a subset
 
+    # preference_config through a recipe: LION's quota rule by default, the weighted draw when named.
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("max_data_size: 6\npreference_config: {-100: 1.0, 1.0: 2.0, 5.0: 0.0}\n")
+    recipe.write_text("max_data_size: 20\npreference_config: {-100: 1.0, 1.0: 2.0, 5.0: 0.0}\n")
     _, data_args, training_args, script_args = parser.parse([str(recipe), *cli("unused", pref_file, tmp_path)])
+    train, _, counts = load_preference_data(data_args, training_args, script_args, tiny_tokenizer)
+    selection = counts["train"]["selection"]
+    # 20 // (8 * 1.0 + 2.0 + 0.0) = 2 pairs per unit weight; DIFFS give bins 0: 1 pair, 1: 5, 2: 2, 4: 1, 5: 2, and
+    # one negative difference
+    assert {b: (v["quota"], v["available"], v["selected"]) for b, v in selection["bins"].items() if v["available"]} == {
+        0: (2, 1, 1), 1: (4, 5, 4), 2: (2, 2, 2), 4: (2, 1, 1), 5: (0, 2, 0)}
+    assert (len(train), selection["excluded: negative difference"]) == (8, 1)
+    _, data_args, training_args, script_args = parser.parse([str(recipe), *cli("unused", pref_file, tmp_path),
+                                                             "--max_data_size=6", "--preference_sampling=weighted"])
     train, _, counts = load_preference_data(data_args, training_args, script_args, tiny_tokenizer)
     buckets = counts["train"]["selection"]["buckets"]
     assert len(train) == 6 and buckets[5] == {"weight": 0.0, "available": 3, "selected": 0}
@@ -242,13 +311,19 @@ def test_every_trl_loss_type_parses(loss_type, tmp_path):
         (["--loss_type=aot", "--rm_weight_column=w"], "rm_weight_column cannot weight loss_type 'aot': it sorts"),
         (["--max_data_size=0"], "max_data_size must be a positive number of pairs, got 0"),
         (["--preference_config={1: -2}"], "preference_config[1] must be a finite weight >= 0, got -2"),
+        (["--preference_config={-100: 1.0}"], "preference_config with preference_sampling quota (LION's rule) needs "
+                                               "max_data_size"),
+        (["--preference_config={10: 1.0}", "--max_data_size=9"], "preference_config key 10: quota sampling has the "
+                                                                  "bins 0..9"),
+        (["--preference_sampling=uniform"], "key 'preference_sampling' in the command line: expected one of 'quota', "
+                                            "'weighted'"),
         (["--resample_each_epoch"], "resample_each_epoch is not supported by run_dpo"),
     ],
 )
 def test_config_errors_before_loading(argv, message, tmp_path):
-    _, data_args, training_args, script_args = parse([*argv, f"--output_dir={tmp_path}", "--use_cpu=true",
-                                                      "--activation_checkpointing=false"])
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError) as err:  # at parse time or in the checks, both before any data or model
+        _, data_args, training_args, script_args = parse([*argv, f"--output_dir={tmp_path}", "--use_cpu=true",
+                                                          "--activation_checkpointing=false"])
         check_dpo_arguments(training_args, data_args, script_args)
     assert message in str(err.value)
 
@@ -441,7 +516,7 @@ def test_precompute_file_holds_trl_reference_logps(precomputed, tiny_model_dir, 
                           args=dpo_config(tmp_path, precompute_ref_log_probs=True, precompute_ref_batch_size=8),
                           train_dataset=dataset, processing_class=tokenizer).train_dataset
     for row in trl_pass:
-        key = pair_key(row["prompt"], row["chosen"], row["rejected"])
+        key = pair_id(row["prompt"], row["chosen"], row["rejected"])
         if key in data.logps:
             assert data.logps[key] == (row["ref_chosen_logps"], row["ref_rejected_logps"])
 
@@ -489,7 +564,7 @@ def test_precomputed_file_mismatch_errors(run_dpo, precomputed, tiny_model_dir, 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     train = load_preference_data(data_args, training_args, script_args, tokenizer)[0]
     stored = read_ref_logps_file(path)
-    first = next(i for i, row in enumerate(train) if pair_key(row["prompt"], row["chosen"], row["rejected"])
+    first = next(i for i, row in enumerate(train) if pair_id(row["prompt"], row["chosen"], row["rejected"])
                  not in stored)  # fmt: skip
     with pytest.raises(ValueError) as err:
         run_dpo.main([*argv, "--max_data_size=10"])
@@ -518,12 +593,12 @@ def test_precomputed_file_mismatch_errors(run_dpo, precomputed, tiny_model_dir, 
                               f"(hash {theirs[:12]}, this run {ours[:12]})")
 
 
-def test_pair_key_and_dependency_messages():
+def test_pair_id_and_dependency_messages():
     prompt = [{"role": "user", "content": "hi"}]
     chosen, rejected = [{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]
-    key = pair_key(prompt, chosen, rejected)
-    assert key == pair_key([{"content": "hi", "role": "user", "tool_calls": None}], chosen, rejected)
-    assert key != pair_key(prompt, rejected, chosen)
+    key = pair_id(prompt, chosen, rejected)
+    assert key == pair_id([{"content": "hi", "role": "user", "tool_calls": None}], chosen, rejected)
+    assert key != pair_id(prompt, rejected, chosen)
     current = {"model": "/m", "model_config": "c" * 64, "tokenizer": "t" * 64, "max_length": 1024}
     assert dependency_mismatch(current, current) is None
     assert dependency_mismatch({**current, "model": "/n"}, current) == (

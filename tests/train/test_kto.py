@@ -34,8 +34,9 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-def expected(r_real, r_gen, beta, prior):
-    """Plain-math risks, loss, branch and gradients (KL constant) of the nnPU-KTO loss."""
+def expected(r_real, r_gen, beta, prior, detach_kl=True):
+    """Plain-math risks, loss, branch and gradients of the nnPU-KTO loss, the KL baselines constant (detach_kl) or
+    functions of the batch, as in the seed: KL_real = max(mean(r_real), 0), KL_gen = max(mean(r_gen), 0)."""
     kl_real, kl_gen = max(mean(r_real), 0.0), max(mean(r_gen), 0.0)
     p_pos = prior * mean([1 - sig(beta * (r - kl_gen)) for r in r_real])
     p_neg = prior * mean([1 - sig(beta * (kl_gen - r)) for r in r_real])
@@ -47,10 +48,25 @@ def expected(r_real, r_gen, beta, prior):
     d_p_pos = [-prior * beta * dsig(beta * (r - kl_gen)) / n for r in r_real]
     d_p_neg = [prior * beta * dsig(beta * (kl_gen - r)) / n for r in r_real]
     d_u_neg = [beta * dsig(beta * (kl_real - r)) / m for r in r_gen]
-    if defit:
-        grad_real, grad_gen = d_p_neg, [-g for g in d_u_neg]
+    if not detach_kl:
+        # Through the baselines: KL_gen moves every real term, KL_real every generated one; each mean has slope 1/n
+        # (1/m) while above 0 and none once clamped. d/dk of 1 - sig(beta (r - k)) is +beta sig'; of
+        # 1 - sig(beta (k - r)) is -beta sig'; of 1 - sig(beta (k - g)) is -beta sig'.
+        dk_gen = (1 / m) if mean(r_gen) > 0 else 0.0
+        dk_real = (1 / n) if mean(r_real) > 0 else 0.0
+        via_p_pos = prior * mean([beta * dsig(beta * (r - kl_gen)) for r in r_real]) * dk_gen
+        via_p_neg = -prior * mean([beta * dsig(beta * (kl_gen - r)) for r in r_real]) * dk_gen
+        via_u_neg = -mean([beta * dsig(beta * (kl_real - g)) for g in r_gen]) * dk_real
+        d_p_pos_gen, d_p_neg_gen, d_u_neg_real = [via_p_pos] * m, [via_p_neg] * m, [via_u_neg] * n
     else:
-        grad_real, grad_gen = [a - b for a, b in zip(d_p_pos, d_p_neg, strict=True)], d_u_neg
+        d_p_pos_gen = d_p_neg_gen = [0.0] * m
+        d_u_neg_real = [0.0] * n
+    if defit:  # loss = P- - U-
+        grad_real = [a - b for a, b in zip(d_p_neg, d_u_neg_real, strict=True)]
+        grad_gen = [a - b for a, b in zip(d_p_neg_gen, d_u_neg, strict=True)]
+    else:  # loss = P+ + U- - P-
+        grad_real = [a + c - b for a, b, c in zip(d_p_pos, d_p_neg, d_u_neg_real, strict=True)]
+        grad_gen = [a + c - b for a, b, c in zip(d_p_pos_gen, d_p_neg_gen, d_u_neg, strict=True)]
     return dict(kl_real=kl_real, kl_gen=kl_gen, p_pos=p_pos, p_neg=p_neg, u_neg=u_neg, defit=defit, loss=loss,
                 grad_real=grad_real, grad_gen=grad_gen)
 
@@ -88,17 +104,31 @@ def test_nnpu_loss_hand_values_of_the_normal_case():
     assert loss.item() == pytest.approx(0.08633 + 0.85951 - 0.01368, abs=1e-4)
 
 
-@pytest.mark.parametrize("case", [NORMAL, DEFIT], ids=["normal", "defit"])
-def test_nnpu_gradients_do_not_flow_through_kl(case):
+# Normal branch with the real answers' mean below 0: KL_real is clamped to 0 and passes no gradient.
+CLAMPED = ([-1.0, 0.4], [2.0, 3.0], 1.0, 0.1)
+
+
+@pytest.mark.parametrize("case", [NORMAL, DEFIT, CLAMPED], ids=["normal", "defit", "clamped"])
+@pytest.mark.parametrize("detach_kl", [False, True], ids=["seed", "detached"])
+def test_nnpu_gradients_match_hand_computation(case, detach_kl):
     r_real, r_gen, beta, prior = case
-    want = expected(*case)
+    want = expected(*case, detach_kl=detach_kl)
     real = torch.tensor(r_real, dtype=torch.float64, requires_grad=True)
     gen = torch.tensor(r_gen, dtype=torch.float64, requires_grad=True)
-    loss, metrics = nnpu_kto_loss(real, gen, beta, prior)
+    loss, metrics = nnpu_kto_loss(real, gen, beta, prior, detach_kl=detach_kl)
+    assert loss.item() == pytest.approx(want["loss"], abs=1e-12)
     grad_real, grad_gen = torch.autograd.grad(loss, (real, gen))
     assert grad_real.tolist() == pytest.approx(want["grad_real"], abs=1e-12)
     assert grad_gen.tolist() == pytest.approx(want["grad_gen"], abs=1e-12)
     assert not metrics["kl_real"].requires_grad and not metrics["kl_gen"].requires_grad
+
+
+def test_seed_and_detached_kl_give_different_gradients():
+    real = torch.tensor(NORMAL[0], dtype=torch.float64, requires_grad=True)
+    gen = torch.tensor(NORMAL[1], dtype=torch.float64, requires_grad=True)
+    seed = torch.autograd.grad(nnpu_kto_loss(real, gen, 1.0, 0.1)[0], (real, gen))
+    detached = torch.autograd.grad(nnpu_kto_loss(real, gen, 1.0, 0.1, detach_kl=True)[0], (real, gen))
+    assert not torch.allclose(seed[1], detached[1])  # the seed's KL_gen carries gradient into the generations
 
 
 def test_nnpu_loss_needs_both_groups_and_a_proper_prior():
@@ -295,6 +325,15 @@ def selfplay_dir(tmp_path, data_dir):
                 f.write(json.dumps(unpaired(prompt, "Well, " + row["instruction"][:80], False, f"{split}{i}")) + "\n")
     return folder
 
+
+def test_run_kto_nnpu_samples_whole_pairs(tmp_path, tiny_model_dir, selfplay_dir):
+    """A 0.6 fraction of 10 self-play pairs is 6 whole pairs: none left without its partner."""
+    out = tmp_path / "nnpu_half"
+    recipe = write_recipe(tmp_path, tiny_model_dir, {str(selfplay_dir): 0.6}, out, kto_variant="nnpu", prior=0.3,
+                          max_steps=1, save_strategy="no")
+    load_script("run_kto").main([recipe])
+    data = json.loads((out / "train_results.json").read_text())["data"]["train"]
+    assert data["pairs"] == 6 and not [k for k in data if "partner" in k]
 
 def test_run_kto_nnpu_on_selfplay_pairs(tmp_path, tiny_model_dir, selfplay_dir):
     out = tmp_path / "nnpu"

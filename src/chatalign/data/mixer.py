@@ -26,7 +26,7 @@ import numpy as np
 
 from chatalign.data.normalize import normalize_dataset, preference_to_sft, preference_to_unpaired, sft_to_prompt
 from chatalign.data.registry import detect_format, get_adapter
-from chatalign.data.sampling import EPS, EpochResampledDataset, SampleSize, SourceSpec, parse_mixer
+from chatalign.data.sampling import EPS, EpochResampledDataset, SampleSize, SourceSpec, parse_mixer, row_groups
 from chatalign.data.schemas import REQUIRED_COLUMNS
 from chatalign.data.sources import TEST, TRAIN, MissingSplitError, load_source, looks_like_path, split_base
 from chatalign.data.stats import MixStats, SourceStats, token_stats
@@ -64,6 +64,7 @@ def mix_datasets(
     resample_each_epoch: bool = False,
     shuffle: bool = True,
     extra_columns: Sequence[str] = (),
+    group_column: str | None = None,
 ) -> MixedData:
     """Load, filter, normalise to `schema`, dedup, sample and concatenate every source of `dataset_mixer`.
 
@@ -78,6 +79,8 @@ def mix_datasets(
     - max_samples: keep the first n rows of each shuffled mixed split.
     - resample_each_epoch: also return ``train_resampled``, which redraws fractions/sizes every epoch.
     - extra_columns: raw columns every source must have and that are kept as they are (e.g. a loss weight).
+    - group_column: rows sharing a value of this column (the real and generated rows of a self-play prompt_id) are
+      selected, carved off and capped together: fractions, sizes and max_samples count groups, not rows.
     """
     sources = parse_mixer(dataset_mixer)
     for source in sources:  # fail on a mistyped path before spending minutes loading the sources before it
@@ -86,6 +89,9 @@ def mix_datasets(
     train_splits, test_splits = _route_splits(splits, test_split_size)
     carve = _parse_test_split_size(test_split_size)
     _check_positive("max_samples", max_samples)
+    if group_column is not None and resample_each_epoch:
+        raise ValueError(f"resample_each_epoch cannot redraw whole groups of rows (by {group_column}): the grouped "
+                         "draw is made once")
     stats = MixStats(resampled_each_epoch=resample_each_epoch)
 
     # Per mixed split (train, test): pools keyed by a label unique per (source, split), in mixer order.
@@ -110,7 +116,8 @@ def mix_datasets(
                         f"{err}; set test_split_size to carve a test split off its train split, or drop '{split}' "
                         "from the requested splits"
                     ) from None
-                loaded.update(_carve_test(source, split, train_splits, loaded, carve, seed, prepare, stats))
+                loaded.update(_carve_test(source, split, train_splits, loaded, carve, seed, prepare, stats,
+                                          group_column))
         for kind, group, sample in ((TRAIN, train_splits, source.sample), (TEST, test_splits, SampleSize(1.0))):
             for split in group:  # test splits are taken whole, as in the handbook
                 label = _label(source.name, split, group)
@@ -131,7 +138,8 @@ def mix_datasets(
                     "dataset '%s' split '%s': no rows left after filtering/validation", row.source, row.split
                 )
         mixed[kind] = EpochResampledDataset(
-            pools[kind], sizes[kind], seed, epoch=0, max_samples=max_samples, shuffle=shuffle, key=kind
+            pools[kind], sizes[kind], seed, epoch=0, max_samples=max_samples, shuffle=shuffle, key=kind,
+            group_column=group_column,
         )
         _record_final(mixed[kind], pool_stats[kind], tokenizer)
     train, test = (mixed[k].materialize(0) if mixed[k] is not None else None for k in (TRAIN, TEST))
@@ -265,8 +273,10 @@ def _carve_test(
     seed: int,
     prepare: Callable[[str], datasets.Dataset],
     stats: MixStats,
+    group_column: str | None = None,
 ) -> dict[str, datasets.Dataset]:
-    """Split rows off the train split matching `test_split` (test_sft <- train_sft, else the first train split)."""
+    """Split rows off the train split matching `test_split` (test_sft <- train_sft, else the first train split); with
+    `group_column`, whole groups of rows (test_split_size then counts groups)."""
     parent = TRAIN + test_split[len(TEST) :]
     if parent not in train_splits:
         parent = train_splits[0] if train_splits else parent
@@ -277,13 +287,18 @@ def _carve_test(
     parent_stats = stats.get(source.name, parent)
     if parent_stats.to_test:
         raise ValueError(f"dataset '{source.name}': two test splits would be carved off '{parent}'; request only one")
-    n_test = math.ceil(carve * len(pool) - EPS) if isinstance(carve, float) else carve
-    if n_test >= len(pool):
+    units = row_groups(pool, group_column, source.name) if group_column else [np.array([i]) for i in range(len(pool))]
+    n_test = math.ceil(carve * len(units) - EPS) if isinstance(carve, float) else carve
+    if n_test >= len(units):
+        what = f"groups of rows by {group_column}" if group_column else "rows"
         raise ValueError(
-            f"dataset '{source.name}': test_split_size {carve} leaves no training rows in '{parent}' ({len(pool)} rows)"
+            f"dataset '{source.name}': test_split_size {carve} leaves no training rows in '{parent}' ({len(units)} "
+            f"{what})"
         )
-    order = seeded_rng(seed, source.name, parent, "test_split").permutation(len(pool))
-    test_rows, train_rows = np.sort(order[:n_test]), np.sort(order[n_test:])
+    order = seeded_rng(seed, source.name, parent, "test_split").permutation(len(units))
+    test_rows = np.sort(np.concatenate([units[k] for k in order[:n_test]]))
+    train_rows = np.sort(np.concatenate([units[k] for k in order[n_test:]]))
+    n_test = len(test_rows)
     parent_stats.to_test = n_test
     carved = stats.add(source.name, test_split)
     carved.available = carved.after_filter = carved.valid = n_test

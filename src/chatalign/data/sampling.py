@@ -18,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from chatalign.data.sources import TRAIN
-from chatalign.store import seeded_rng
+from chatalign.store import prompt_id, seeded_rng
 
 SPEC_KEYS = ("fraction", "size", "format", "filter", "split_map")
 
@@ -38,13 +38,13 @@ class SampleSize:
     fraction: float | None = 1.0
     size: int | None = None
 
-    def rows(self, available: int, source: str = "?") -> int:
-        """Rows drawn per epoch: floor(fraction x available), or size (which must not exceed what is available)."""
+    def rows(self, available: int, source: str = "?", unit: str = "rows") -> int:
+        """Units (rows, or whole groups) drawn per epoch: floor(fraction x available), or size (at most available)."""
         if self.size is not None:
             if self.size > available:
                 raise ValueError(
-                    f"dataset '{source}': size {self.size} exceeds the {available} rows available (after filtering, "
-                    "validation and dedup); use a fraction > 1 to repeat rows on purpose"
+                    f"dataset '{source}': size {self.size} exceeds the {available} {unit} available (after filtering, "
+                    f"validation and dedup); use a fraction > 1 to repeat {unit} on purpose"
                 )
             return self.size
         return int(math.floor(self.fraction * available + EPS))
@@ -123,13 +123,14 @@ def _as_sample_size(value: SampleSize | float | int | Mapping[str, Any], name: s
     return SampleSize(fraction=_fraction(name, "weight", value))
 
 
-def sample_indices(available: int, sample: SampleSize, seed: int, *keys: Any, source: str = "?") -> np.ndarray:
+def sample_indices(available: int, sample: SampleSize, seed: int, *keys: Any, source: str = "?",
+                   unit: str = "rows") -> np.ndarray:
     """Row indices drawn from a pool of `available` rows, a pure function of (seed, keys).
 
     Whole multiples of the pool are copied in order (weight 2.5 -> every row twice) and the remainder is a seeded
     sample without replacement, returned sorted (the mixed set is shuffled afterwards).
     """
-    target = sample.rows(available, source)
+    target = sample.rows(available, source, unit)
     if available == 0 or target == 0:
         return np.zeros(0, dtype=np.int64)
     copies, remainder = divmod(target, available)
@@ -148,7 +149,12 @@ class EpochResampledDataset(torch.utils.data.Dataset):
     """A mixed split whose rows are drawn afresh from full per-source pools each epoch.
 
     Which rows back the dataset is a pure function of (seed, epoch): two instances built alike (e.g. one per rank)
-    agree for every epoch. The length is the same every epoch. ``set_epoch`` switches the draw; the
+    agree for every epoch. The length is the same every epoch.
+
+    ``group_column`` makes whole groups of rows the unit of sampling (rows with the same value, e.g. the real and
+    generated rows of one self-play prompt_id): fractions and sizes count groups, shuffling keeps a group's rows
+    together and max_samples keeps whole groups. A row whose value is None is grouped by the id of its prompt
+    (:func:`chatalign.store.prompt_id`). A grouped draw is made once: it cannot be redrawn per epoch. ``set_epoch`` switches the draw; the
     ``ResampleEachEpochCallback`` calls it from the Trainer. Keep ``dataloader_persistent_workers`` off: persistent
     workers hold a copy of the dataset made before ``set_epoch``.
     """
@@ -163,6 +169,7 @@ class EpochResampledDataset(torch.utils.data.Dataset):
         shuffle: bool = True,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         key: str = TRAIN,
+        group_column: str | None = None,
     ):
         if not pools:
             raise ValueError("EpochResampledDataset needs at least one pool")
@@ -182,15 +189,26 @@ class EpochResampledDataset(torch.utils.data.Dataset):
         self.pool = (
             pools[self.names[0]] if len(pools) == 1 else datasets.concatenate_datasets([pools[n] for n in self.names])
         )
+        self.group_column = group_column
+        self.epoch = epoch
+        if group_column is not None:
+            self.groups = {n: row_groups(pools[n], group_column, n) for n in self.names}
+            self._length = None
+            self._indices = self.epoch_indices(epoch)
+            self._length = len(self._indices)
+            counts = Counter(self.source_of(self._group_draw(epoch, cap=False)))
+            self.rows_per_source = {n: counts.get(n, 0) for n in self.names}
+            return
         # Validates every size up front (size > pool raises) and fixes the per-epoch length.
         self.rows_per_source = {n: self.sample_sizes[n].rows(self.pool_lengths[n], n) for n in self.names}
         total = sum(self.rows_per_source.values())
         self._length = total if max_samples is None else min(total, max_samples)
-        self.epoch = epoch
         self._indices = self.epoch_indices(epoch)
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """Indices into ``self.pool`` that back epoch `epoch`, in training order (pure function of seed and epoch)."""
+        if self.group_column is not None:
+            return self._group_draw(epoch, cap=True)
         parts = [
             self.offsets[i]
             + sample_indices(self.pool_lengths[n], self.sample_sizes[n], self.seed, self.key, n, epoch, source=n)
@@ -201,8 +219,24 @@ class EpochResampledDataset(torch.utils.data.Dataset):
             indices = indices[seeded_rng(self.seed, self.key, "order", epoch).permutation(len(indices))]
         return indices[: self._length]
 
+    def _group_draw(self, epoch: int, cap: bool) -> np.ndarray:
+        groups = []
+        for i, n in enumerate(self.names):
+            picks = sample_indices(len(self.groups[n]), self.sample_sizes[n], self.seed, self.key, n, epoch, source=n,
+                                   unit=f"groups of rows by {self.group_column}")
+            groups.extend(self.offsets[i] + self.groups[n][g] for g in picks)
+        if self.shuffle:
+            order = seeded_rng(self.seed, self.key, "order", epoch).permutation(len(groups))
+            groups = [groups[k] for k in order]
+        if cap and self.max_samples is not None:
+            groups = groups[: self.max_samples]
+        return np.concatenate(groups).astype(np.int64) if groups else np.zeros(0, dtype=np.int64)
+
     def set_epoch(self, epoch: int) -> None:
         """Draw the rows of `epoch` (idempotent: the Trainer's data loader may call it too)."""
+        if epoch != self.epoch and self.group_column is not None:
+            raise ValueError(f"a draw of whole groups (by {self.group_column}) is made once; it cannot be redrawn "
+                             "for another epoch")
         if epoch != self.epoch:
             self.epoch = epoch
             self._indices = self.epoch_indices(epoch)
@@ -242,6 +276,24 @@ class EpochResampledDataset(torch.utils.data.Dataset):
         clone.__dict__.update(self.__dict__)
         clone.pool = mapped
         return clone
+
+
+def row_groups(pool: datasets.Dataset, column: str, source: str) -> list[np.ndarray]:
+    """Pool-local row indices per value of `column`, groups in order of first appearance."""
+    if column not in pool.column_names:
+        raise ValueError(f"dataset '{source}': rows are selected in whole groups by '{column}', but it has no such "
+                         f"column (columns: {', '.join(pool.column_names)})")
+    prompts = pool["prompt"] if "prompt" in pool.column_names else None
+    first: dict[Any, int] = {}
+    groups: list[list[int]] = []
+    for index, value in enumerate(pool[column]):
+        if value is None:
+            value = prompt_id(prompts[index]) if prompts is not None else ("row", index)
+        slot = first.setdefault(value, len(groups))
+        if slot == len(groups):
+            groups.append([])
+        groups[slot].append(index)
+    return [np.asarray(g, dtype=np.int64) for g in groups]
 
 
 class ResampleEachEpochCallback(TrainerCallback):

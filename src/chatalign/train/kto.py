@@ -45,6 +45,11 @@ class KTOScriptArguments:
     ref_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Reference model; default: model_name_or_path (with PEFT: adapters disabled)."}
     )
+    nnpu_detach_kl: bool = field(
+        default=False,
+        metadata={"help": "nnPU: false (the seed's code) lets gradients flow through the KL baselines KL_real and "
+                          "KL_gen; true treats them as constants, as the KTO paper's reference point."},
+    )
     max_prompt_length: int | None = field(
         default=None,
         metadata={"help": "When prompt + completion exceed max_length, keep only the last max_prompt_length prompt "
@@ -84,12 +89,13 @@ def check_kto_arguments(script_args: KTOScriptArguments, training_args, data_arg
 # The nnPU-KTO loss
 
 
-def nnpu_kto_loss(r_real: torch.Tensor, r_gen: torch.Tensor, beta: float, prior: float):
+def nnpu_kto_loss(r_real: torch.Tensor, r_gen: torch.Tensor, beta: float, prior: float, detach_kl: bool = False):
     """Non-negative PU risk on the KTO value function. Returns (loss, metrics), metrics detached.
 
     r_real, r_gen: summed log-ratios log pi(y|x) - log pi_ref(y|x) of the real (positive) and generated (unlabelled)
-    responses. The KL baselines are their batch means clamped at 0 and *detached*, as KTO's KL estimate is: they are
-    reference points, not something to optimise.
+    responses. The KL baselines are their batch means clamped at 0. As in the seed's code, gradients flow through
+    them (where the mean is above 0); ``detach_kl`` makes them constants instead, the reference point of the KTO
+    paper, whose own KL estimate is never optimised.
 
         P+ = prior * mean(1 - sigmoid(beta * (r_real - KL_gen)))     real treated as desirable
         P- = prior * mean(1 - sigmoid(beta * (KL_gen - r_real)))     real treated as undesirable
@@ -103,8 +109,10 @@ def nnpu_kto_loss(r_real: torch.Tensor, r_gen: torch.Tensor, beta: float, prior:
                          f"{r_gen.numel()} generated")
     if not 0.0 < prior < 1.0:
         raise ValueError(f"prior must lie strictly between 0 and 1, got {prior}")
-    kl_real = r_real.mean().clamp(min=0).detach()
-    kl_gen = r_gen.mean().clamp(min=0).detach()
+    kl_real = r_real.mean().clamp(min=0)
+    kl_gen = r_gen.mean().clamp(min=0)
+    if detach_kl:
+        kl_real, kl_gen = kl_real.detach(), kl_gen.detach()
     positive_risk = prior * (1 - torch.sigmoid(beta * (r_real - kl_gen))).mean()
     positive_as_negative = prior * (1 - torch.sigmoid(beta * (kl_gen - r_real))).mean()
     unlabelled_as_negative = (1 - torch.sigmoid(beta * (kl_real - r_gen))).mean()
@@ -113,7 +121,7 @@ def nnpu_kto_loss(r_real: torch.Tensor, r_gen: torch.Tensor, beta: float, prior:
     # torch.where, not `if`: no host sync, and only the taken branch receives gradient.
     loss = torch.where(defit, -negative_risk, positive_risk + negative_risk)
     metrics = {
-        "kl_real": kl_real, "kl_gen": kl_gen, "defit": defit.float(),
+        "kl_real": kl_real.detach(), "kl_gen": kl_gen.detach(), "defit": defit.float(),
         "positive_risk": positive_risk.detach(), "positive_as_negative_risk": positive_as_negative.detach(),
         "unlabelled_as_negative_risk": unlabelled_as_negative.detach(), "negative_risk": negative_risk.detach(),
     }
@@ -268,10 +276,11 @@ class NNPUKTOTrainer(ChatalignKTOTrainer):
     pair_rows = True
     uses_kl_completions = False
 
-    def __init__(self, *args, prior: float, **kwargs):
+    def __init__(self, *args, prior: float, detach_kl: bool = False, **kwargs):
         if not 0.0 < prior < 1.0:
             raise ValueError(f"prior must lie strictly between 0 and 1, got {prior}")
         self.prior = prior
+        self.detach_kl = detach_kl
         super().__init__(*args, **kwargs)
 
     def _completion_logps(self, model, batch):
@@ -299,7 +308,7 @@ class NNPUKTOTrainer(ChatalignKTOTrainer):
             ref = self.ref_model if self.ref_model is not None else self.model
             ref_logps, _ = self.compute_ref_log_probs(ref, batch)
         logratios = logps - ref_logps
-        loss, metrics = nnpu_kto_loss(logratios[real], logratios[~real], self.beta, self.prior)
+        loss, metrics = nnpu_kto_loss(logratios[real], logratios[~real], self.beta, self.prior, self.detach_kl)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         self._record(mode, logps.detach(), logratios.detach(), real, metrics)

@@ -40,8 +40,9 @@ def count_summary(counter: Counter) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items())) or "none"
 
 
-def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_columns=()):
-    """The recipe's dataset mixture normalised to `schema`, with its stats table logged (printed when asked)."""
+def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_columns=(), group_column: str | None = None):
+    """The recipe's dataset mixture normalised to `schema`, with its stats table logged (printed when asked);
+    `group_column` selects whole groups of rows (see chatalign.data.mixer.mix_datasets)."""
     if not data_args.dataset_mixer:
         raise ValueError("the recipe has no dataset_mixer: name at least one dataset source")
     mixture = mix_datasets(
@@ -49,7 +50,7 @@ def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_column
         seed=seed, dataset_filter=data_args.dataset_filter, dedup_column=data_args.dedup_column,
         max_samples=data_args.max_samples, skip_invalid=data_args.skip_invalid,
         dataset_format=data_args.dataset_format, tokenizer=tokenizer if data_args.show_dataset_stats else None,
-        resample_each_epoch=data_args.resample_each_epoch, extra_columns=extra_columns,
+        resample_each_epoch=data_args.resample_each_epoch, extra_columns=extra_columns, group_column=group_column,
     )
     table = format_stats_table(mixture.stats)
     if data_args.show_dataset_stats:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from chatalign.configs import ConfigError
 from chatalign.train.dpo.selection import parse_preference_config
@@ -34,8 +34,17 @@ class DPOScriptArguments:
     preference_config: dict[Any, Any] | None = field(
         default=None,
         metadata={
-            "help": "Sampling weight per integer score difference (score_chosen - score_rejected, rounded half away "
-            "from zero): {-100: default weight, 1: 2.0, 5: 0.5}. Rows are sampled by weight within max_data_size."
+            "help": "Weight per score difference (score_chosen - score_rejected): {-100: weight of every difference "
+            "not listed, 1: 2.0, 5: 0.5}. With preference_sampling quota (LION's rule) a bin is a difference floored "
+            "to 0..9 and gets int((max_data_size // sum of the 10 weights) * weight) pairs."
+        },
+    )
+    preference_sampling: Literal["quota", "weighted"] = field(
+        default="quota",
+        metadata={
+            "help": "quota: LION's fixed number of pairs per bin ({-100: 1.0} is the same count per bin). weighted: "
+            "rows sampled with probability proportional to their bucket's weight (rounded difference) within "
+            "max_data_size, keeping the data's spread."
         },
     )
     rm_weight_column: str | None = field(
@@ -65,7 +74,10 @@ def check_dpo_arguments(training_args, data_args, script_args) -> None:
     if script_args.max_data_size is not None and script_args.max_data_size < 1:
         raise ConfigError(f"max_data_size must be a positive number of pairs, got {script_args.max_data_size}")
     if script_args.preference_config is not None:
-        parse_preference_config(script_args.preference_config)
+        parse_preference_config(script_args.preference_config, script_args.preference_sampling)
+        if script_args.preference_sampling == "quota" and script_args.max_data_size is None:
+            raise ConfigError("preference_config with preference_sampling quota (LION's rule) needs max_data_size: "
+                              "each bin's quota is int((max_data_size // sum of the bin weights) * weight)")
     if getattr(data_args, "resample_each_epoch", False):
         raise ConfigError("resample_each_epoch is not supported by run_dpo: DPOTrainer tokenises its dataset once")
     if script_args.precompute_file_path:

@@ -1,12 +1,23 @@
 """Which preference pairs a DPO run trains on, and with what loss weight.
 
-``max_data_size`` draws a seeded subset; ``preference_config`` gives every integer score-difference bucket a weight
-and rows are *sampled* by those weights (weighted sampling without replacement, Efraimidis-Spirakis keys
-``u ** (1 / w)``, seeded with the training seed) within the ``max_data_size`` budget. With every weight 1 this is
-exactly the plain ``max_data_size`` subset, so the two compare as baseline and treatment. Weight 0 excludes a bucket;
-a budget larger than the eligible rows takes them all. ``rm_weight_column`` copies a per-pair loss weight into the
-column the trainer reads. ``load_preference_data`` is shared by run_dpo and precompute_ref_logprobs, so both see the
-very same rows.
+``max_data_size`` alone draws a seeded subset of that many pairs. ``preference_config`` ({score difference: weight},
+-100 the weight of every difference not listed) selects by preference strength, ``score_chosen - score_rejected``,
+in one of two ways (``preference_sampling``):
+
+* ``quota`` (the default) is LION's rule (``zephyr_dpo_pref_strength.py``), computed as LION computes it: each pair
+  falls into a left-aligned bin 0..9 (``np.digitize(diff, linspace(0, 9, 10), right=False) - 1``: bin 1 holds
+  1 <= diff < 2, bin 9 every diff >= 9); every bin gets the fixed quota ``int((max_data_size // sum of the 10 bin
+  weights) * weight)``; a bin with more pairs than its quota gives a seeded sample of that many (seeded by the
+  training seed), a bin with fewer gives all it has. So ``{-100: 1.0}`` means the same number of pairs per bin. A pair
+  with a negative difference is excluded and counted (LION's code would index it as bin 9 by accident).
+* ``weighted`` samples rows without replacement with probability proportional to the weight of their bucket (the
+  difference rounded half away from zero; Efraimidis-Spirakis keys ``u ** (1 / w)``) within the ``max_data_size``
+  budget, so the selection keeps the data's spread of strengths; with every weight 1 it is exactly the plain
+  ``max_data_size`` subset.
+
+The counts per bin go to the log and to the run's ``train_results.json``. ``rm_weight_column`` copies a per-pair loss
+weight into the column the trainer reads. ``load_preference_data`` is shared by run_dpo and precompute_ref_logprobs,
+so both see the very same rows.
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 
 DEFAULT_BUCKET = -100  # preference_config key that sets the weight of every bucket not listed
+PREFERENCE_SAMPLING = ("quota", "weighted")
+LION_BINS = np.linspace(0, 9, 10)  # LION's left-aligned bins of score_chosen - score_rejected: 0, 1, ..., 9
 PAIR_WEIGHT = "chatalign_pair_weight"  # internal column the weighted collator reads
 
 
@@ -34,8 +47,12 @@ PAIR_WEIGHT = "chatalign_pair_weight"  # internal column the weighted collator r
 # max_data_size and preference_config
 
 
-def parse_preference_config(config: Mapping[Any, Any]) -> tuple[float, dict[int, float]]:
-    """(default weight, {bucket: weight}) from a preference_config; keys are whole numbers, -100 is the default."""
+def parse_preference_config(config: Mapping[Any, Any], sampling: str = "quota") -> tuple[float, dict[int, float]]:
+    """(default weight, {bucket: weight}) from a preference_config; keys are whole numbers, -100 is the default.
+
+    With quota sampling the buckets are LION's bins, so a key outside 0..9 (other than -100) would never apply: an
+    error rather than a weight silently ignored.
+    """
     if not isinstance(config, Mapping) or not config:
         raise ConfigError(
             f"preference_config must be a non-empty mapping of score difference -> weight, got {config!r}")
@@ -51,6 +68,9 @@ def parse_preference_config(config: Mapping[Any, Any]) -> tuple[float, dict[int,
             raise ConfigError(f"preference_config[{key!r}] must be a finite weight >= 0, got {value!r}")
         if int(number) == DEFAULT_BUCKET:
             default = float(value)
+        elif sampling == "quota" and not 0 <= number < len(LION_BINS):
+            raise ConfigError(f"preference_config key {key!r}: quota sampling has the bins 0..9 (a difference of 9 or "
+                              "more is bin 9) and -100 for every bin not listed")
         else:
             weights[int(number)] = float(value)
     return default, weights
@@ -70,9 +90,8 @@ def _row_label(dataset, index: int) -> str:
     return f"row {index}" + (f" ({', '.join(parts)})" if parts else "")
 
 
-def bucket_weights(dataset, preference_config: Mapping[Any, Any], split: str = "train") -> tuple[list[int], np.ndarray]:
-    """Each row's score-difference bucket and its sampling weight; a row without scores is an error naming it."""
-    default, weights = parse_preference_config(preference_config)
+def score_differences(dataset, split: str = "train") -> np.ndarray:
+    """score_chosen - score_rejected of every row; a row or a dataset without scores is an error naming it."""
     missing = [c for c in ("score_chosen", "score_rejected") if c not in dataset.column_names]
     if missing:
         sources = sorted(set(dataset["source"])) if "source" in dataset.column_names else []
@@ -80,7 +99,7 @@ def bucket_weights(dataset, preference_config: Mapping[Any, Any], split: str = "
             f"preference_config buckets rows by score_chosen - score_rejected, but the {split} data has no "
             f"{' or '.join(missing)} column (sources: {', '.join(sources) or 'unknown'})"
         )
-    buckets = []
+    diffs = []
     for index, (chosen, rejected) in enumerate(zip(dataset["score_chosen"], dataset["score_rejected"], strict=True)):
         for name, value in (("score_chosen", chosen), ("score_rejected", rejected)):
             if value is None or not math.isfinite(value):
@@ -88,8 +107,48 @@ def bucket_weights(dataset, preference_config: Mapping[Any, Any], split: str = "
                     f"{split} {_row_label(dataset, index)}, field '{name}': preference_config needs both scores, "
                     f"got {value!r}"
                 )
-        buckets.append(score_bucket(chosen, rejected))
+        diffs.append(float(chosen) - float(rejected))
+    return np.array(diffs, dtype=np.float64)
+
+
+def bucket_weights(dataset, preference_config: Mapping[Any, Any], split: str = "train") -> tuple[list[int], np.ndarray]:
+    """Weighted sampling: each row's score-difference bucket (rounded) and its sampling weight."""
+    default, weights = parse_preference_config(preference_config, "weighted")
+    buckets = [score_bucket(diff, 0.0) for diff in score_differences(dataset, split)]
     return buckets, np.array([weights.get(b, default) for b in buckets], dtype=np.float64)
+
+
+def lion_bins(diffs: np.ndarray) -> np.ndarray:
+    """LION's bin of each score difference, ``np.digitize(diff, linspace(0, 9, 10), right=False) - 1``: bin k holds
+    k <= diff < k + 1, bin 9 every diff >= 9; -1 for a negative difference."""
+    return np.digitize(np.asarray(diffs, dtype=np.float64), LION_BINS, right=False) - 1
+
+
+def quota_select(diffs: np.ndarray, preference_config: Mapping[Any, Any], max_data_size: int,
+                 seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """LION's quota rule (module docstring): the selected row indices, sorted, and the counts per bin."""
+    default, weights = parse_preference_config(preference_config, "quota")
+    bin_weights = [weights.get(b, default) for b in range(len(LION_BINS))]
+    if sum(bin_weights) == 0:
+        raise ValueError(f"preference_config {dict(preference_config)} gives every bin weight 0")
+    per_unit_weight = max_data_size // sum(bin_weights)  # as LION: floor division, before the weight multiplies
+    bins = lion_bins(diffs)
+    picked, table = [], {}
+    for b, weight in enumerate(bin_weights):
+        rows = np.flatnonzero(bins == b)
+        quota = int(per_unit_weight * weight)
+        chosen = rows if len(rows) <= quota else seeded_rng(seed, "preference_config", b).choice(
+            rows, size=quota, replace=False)
+        picked.append(chosen)
+        table[b] = {"weight": weight, "quota": quota, "available": len(rows), "selected": len(chosen)}
+    negative = int((bins < 0).sum())
+    if negative:
+        logger.warning("preference_config: %d pairs have score_chosen < score_rejected and are excluded (no bin "
+                       "holds a negative difference)", negative)
+    indices = np.sort(np.concatenate(picked)).astype(np.int64)
+    counts = {"available": len(diffs), "sampling": "quota", "per_unit_weight": per_unit_weight,
+              "excluded: negative difference": negative, "selected": len(indices), "bins": table}
+    return indices, counts
 
 
 def weighted_sample(weights: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -110,10 +169,24 @@ def weighted_sample(weights: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
-def select_preference_data(dataset, max_data_size: int | None, preference_config: Mapping | None, seed: int):
-    """The training rows after max_data_size / preference_config, and counts (per bucket before and after)."""
+def select_preference_data(dataset, max_data_size: int | None, preference_config: Mapping | None, seed: int,
+                           sampling: str = "quota"):
+    """The training rows after max_data_size / preference_config, and counts (per bin or bucket)."""
     if max_data_size is None and preference_config is None:
         return dataset, {}
+    if sampling not in PREFERENCE_SAMPLING:
+        raise ConfigError(f"preference_sampling must be one of {', '.join(PREFERENCE_SAMPLING)}, got {sampling!r}")
+    if preference_config is not None and sampling == "quota":
+        if max_data_size is None:
+            raise ConfigError("preference_config with quota sampling needs max_data_size: each bin's quota is "
+                              "int((max_data_size // sum of the bin weights) * weight)")
+        indices, counts = quota_select(score_differences(dataset), preference_config, max_data_size, seed)
+        if not len(indices):
+            raise ValueError(f"preference_config selects no pair: {counts['per_unit_weight']:g} pairs per unit of "
+                             f"weight (max_data_size {max_data_size} // the bin weights) and bins of "
+                             f"{[v['available'] for v in counts['bins'].values()]} pairs")
+        _log_bins(counts, seed)
+        return dataset.select(indices), counts
     if preference_config is not None:
         buckets, weights = bucket_weights(dataset, preference_config)
     else:
@@ -142,6 +215,15 @@ def select_preference_data(dataset, max_data_size: int | None, preference_config
     return dataset.select(indices), counts
 
 
+def _log_bins(counts: dict[str, Any], seed: int) -> None:
+    lines = [f"  {b:>5}  {v['weight']:>7g}  {v['quota']:>7}  {v['available']:>9}  {v['selected']:>8}"
+             for b, v in counts["bins"].items()]
+    logger.info("preference_config quota sampling (LION's bins, seed %d, %g pairs per unit weight):\n"
+                "  %5s  %7s  %7s  %9s  %8s\n%s\ntraining on %d of %d preference pairs (%d excluded: negative "
+                "difference)", seed, counts["per_unit_weight"], "bin", "weight", "quota", "available", "selected",
+                "\n".join(lines), counts["selected"], counts["available"], counts["excluded: negative difference"])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Per-pair weights and the data of a run
 
@@ -166,7 +248,8 @@ def load_preference_data(data_args, training_args, script_args, tokenizer):
     extra = [script_args.rm_weight_column] if script_args.rm_weight_column else []
     mixture = load_mixture(data_args, "preference", training_args.seed, tokenizer, extra_columns=extra)
     train, selection = select_preference_data(mixture.train, script_args.max_data_size,
-                                              script_args.preference_config, training_args.seed)
+                                              script_args.preference_config, training_args.seed,
+                                              script_args.preference_sampling)
     evaluation = mixture.test if mixture.test is not None and training_args.eval_strategy != "no" else None
     if script_args.rm_weight_column:
         train = add_pair_weights(train, script_args.rm_weight_column, "train")
