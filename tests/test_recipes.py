@@ -1,18 +1,33 @@
-"""Every shipped recipe parses with its script's parser, with no unknown key and the right types."""
+"""Every shipped recipe parses with its script's parser, with no unknown key and the right types; names models, data
+and templates that exist, are produced by an earlier step of a chain, or are hub ids; and passes its script's checks."""
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, load_script
 
+from chatalign.data.templates import resolve_chat_template
+
 RECIPES = sorted((REPO / "recipes").glob("*/*/config_*.yaml"))
-
-
 SCRIPT_FOR_TASK = {"sft": "run_sft", "dpo": "run_dpo", "kto": "run_kto", "selfplay": "run_kto"}
-
-
 # GPU recipes ask for bf16; TrainingArguments refuses bf16 on a CPU-only machine, so validate them as CPU runs.
 CPU_OVERRIDES = ["--bf16=false", "--use_cpu=true"]
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# Folders the chain's earlier steps write: prepare_model (models/), training (output_dir), self-play (generated/).
+PRODUCED_BY_EARLIER_STEPS = {"models/smollm2-135m-instruct"} | {
+    yaml.safe_load(p.read_text()).get("output_dir") for p in RECIPES}
+
+
+def where_is(name: str) -> str:
+    """'local', 'produced' (by an earlier step), 'hub', or 'missing' for a model or dataset a recipe names."""
+    if (REPO / name).exists():
+        return "local"
+    if name in PRODUCED_BY_EARLIER_STEPS or name.startswith("generated/"):
+        return "produced"
+    local_folder = name.split("/")[0] in ("data", "models", "outputs", "generated", "recipes")
+    return "hub" if HUB_ID.fullmatch(name) and not local_folder else "missing"
 
 
 def test_recipes_exist_for_every_task():
@@ -23,12 +38,40 @@ def test_recipes_exist_for_every_task():
     assert {"zephyr-7b-beta", "gemma-2b", "gemma-7b-it", "mistral-7b"} <= {m for m, _ in tasks}
 
 
+def test_where_is_tells_a_missing_local_path_from_a_hub_id():
+    assert where_is("data/llama_factory_demo/dpo_en_demo.json") == "local"
+    assert where_is("HuggingFaceH4/ultrachat_200k") == where_is("google/gemma-2b") == "hub"
+    assert where_is("data/no_such_file.json") == where_is("outputs/never-written") == where_is("x") == "missing"
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
-def test_recipe_parses(recipe: Path):
-    script = SCRIPT_FOR_TASK[recipe.parent.name]
-    parsed = load_script(script).make_parser().parse([str(recipe), *CPU_OVERRIDES])
-    model_args = parsed[0]
-    assert model_args.model_name_or_path
-    header = recipe.read_text().splitlines()[0]
-    assert header.startswith("# "), f"{recipe} has no header comment saying how to run it"
-    assert f"scripts/{script}.py" in recipe.read_text() or "launch.slurm" in recipe.read_text()
+def test_recipe_parses_names_what_exists_and_passes_its_checks(recipe: Path):
+    script_name = SCRIPT_FOR_TASK[recipe.parent.name]
+    script = load_script(script_name)
+    parsed = script.make_parser().parse([str(recipe), *CPU_OVERRIDES])
+    model_args, data_args, training_args, script_args = parsed
+    text = recipe.read_text()
+    assert text.splitlines()[0].startswith("# "), f"{recipe} has no header comment saying how to run it"
+    assert f"scripts/{script_name}.py" in text or "launch.slurm" in text
+    # What it names exists, is written by an earlier step of its chain, or is a hub id.
+    named = {"model_name_or_path": model_args.model_name_or_path,
+             "ref_model_name_or_path": getattr(script_args, "ref_model_name_or_path", None),
+             **{f"dataset_mixer[{source}]": source for source in data_args.dataset_mixer}}
+    assert {key: name for key, name in named.items() if name and where_is(name) == "missing"} == {}
+    if data_args.chat_template:
+        resolve_chat_template(data_args.chat_template)
+    if isinstance(data_args.dataset_splits, dict):
+        assert set(data_args.dataset_splits) == set(data_args.dataset_mixer)
+    assert training_args.output_dir and where_is(training_args.output_dir) != "hub"
+    # Its keys are consistent: the checks the script runs before loading anything pass.
+    if script_name == "run_dpo":
+        from chatalign.train.dpo.arguments import check_dpo_arguments
+
+        check_dpo_arguments(training_args, data_args, script_args)
+    elif script_name == "run_kto":
+        from chatalign.train.kto import check_kto_arguments
+
+        check_kto_arguments(script_args, training_args, data_args)
+    # alignment-handbook and LION give zephyr conversations an empty system turn; so do its recipes.
+    if recipe.parts[-3] == "zephyr-7b-beta":
+        assert data_args.chat_template == "zephyr" and data_args.auto_insert_empty_system_msg

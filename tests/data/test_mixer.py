@@ -286,3 +286,37 @@ def test_group_column_carves_whole_groups_and_keeps_their_rows_together(tmp_path
     with pytest.raises(ValueError, match=r"selected in whole groups by 'prompt_id', but it has no such column"):
         mix_datasets({write_jsonl(tmp_path / "plain.jsonl", sft_rows("A", 4)): 1.0}, "sft", splits=["train"],
                      group_column="prompt_id", columns_to_keep=["messages"])
+
+
+def test_dataset_splits_per_source_as_lion_mixes(tmp_path):
+    """dataset_splits as {source: [splits]}: each source's own splits, train* mixed into train, test* into test."""
+    uf = tmp_path / "uf"
+    write_jsonl(uf / "train_prefs.jsonl", sft_rows("U", 12))
+    write_jsonl(uf / "test_prefs.jsonl", sft_rows("V", 4))
+    argilla = write_jsonl(tmp_path / "argilla" / "train.jsonl", sft_rows("R", 8))
+    mixer = {str(uf): 1.0, argilla: 0.5}
+    mixed = mix_datasets(mixer, "sft", splits={str(uf): ["train_prefs", "test_prefs"], argilla: ["train"]}, seed=0)
+    assert per_prefix(mixed.train) == {"U": 12, "R": 4} and per_prefix(mixed.test) == {"V": 4}
+    with pytest.raises(ValueError, match=r"has no splits for dataset_mixer source\(s\) '.*argilla/train.jsonl'"):
+        mix_datasets(mixer, "sft", splits={str(uf): ["train_prefs"]})
+    with pytest.raises(ValueError, match=r"dataset_splits names '.*/uff', which is not a dataset_mixer source; did "
+                                         r"you mean '.*/uf'\?"):
+        mix_datasets(mixer, "sft", splits={str(uf) + "f": ["train"], argilla: ["train"]})
+
+
+def test_dataset_splits_mapping_from_a_recipe_and_the_command_line(tmp_path):
+    from chatalign.configs import ChatalignParser, ConfigError
+    from chatalign.data.arguments import DataArguments
+
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text("dataset_mixer: {a: 1.0, b: 1.0}\ndataset_splits:\n  a: [train_prefs, test_prefs]\n  b: train\n")
+    parser = ChatalignParser([DataArguments])
+    (args,) = parser.parse([str(recipe)])
+    assert args.dataset_splits == {"a": ["train_prefs", "test_prefs"], "b": ["train"]}
+    assert parser.parse(["--dataset_splits", "{a: [train], b: [train, test]}"])[0].dataset_splits == {
+        "a": ["train"], "b": ["train", "test"]}
+    assert parser.parse(["--dataset_splits=train,test"])[0].dataset_splits == ["train", "test"]
+    assert parser.parse(["--dataset_splits", "train_sft", "test_sft"])[0].dataset_splits == ["train_sft", "test_sft"]
+    assert parser.parse([])[0].dataset_splits == ["train", "test"]
+    with pytest.raises(ConfigError, match=r"dataset_splits\['b'\] must be a split name or a non-empty list"):
+        parser.parse(["--dataset_splits", "{a: [train], b: []}"])

@@ -302,3 +302,22 @@ def test_preflight_flags_fallback_and_empty_examples(tok):
     set_chat_template(tok, "chatml")
     _, warnings = preflight_report(tok, [CHAT[0]], color=False)
     assert warnings == ["no trained tokens in this example (no assistant turn, or all were truncated)"]
+
+
+def test_empty_system_message_where_the_template_renders_one(tok):
+    from chatalign.data.rendering import template_renders_system, with_empty_system_message
+    from chatalign.data.templates import resolve_chat_template
+
+    zephyr = resolve_chat_template("zephyr").template
+    assert template_renders_system(zephyr) and template_renders_system(resolve_chat_template("chatml").template)
+    assert not template_renders_system("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    chat = with_empty_system_message(CHAT[:2])
+    assert chat[0] == {"role": "system", "content": ""} and chat[1:] == CHAT[:2]
+    assert with_empty_system_message([SYSTEM, *CHAT[:2]]) == [SYSTEM, *CHAT[:2]]  # never a second one
+    tok.chat_template = zephyr
+    text = tok.apply_chat_template(chat, tokenize=False)
+    eos = tok.eos_token
+    assert text == f"<|system|>\n{eos}\n<|user|>\nWhat is 2+2?{eos}\n<|assistant|>\n2+2 = 4.{eos}\n"
+    ids, labels = render_conversation(tok, chat)
+    trained = tok.decode([i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
+    assert trained == f"2+2 = 4.{eos}"  # the inserted system turn is masked like any other

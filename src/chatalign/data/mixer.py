@@ -11,6 +11,7 @@ Order of operations per source and split (each step is counted in ``MixStats``):
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from chatalign.data.arguments import parse_splits
 from chatalign.data.normalize import normalize_dataset, preference_to_sft, preference_to_unpaired, sft_to_prompt
 from chatalign.data.registry import detect_format, get_adapter
 from chatalign.data.sampling import EPS, EpochResampledDataset, SampleSize, SourceSpec, parse_mixer, row_groups
@@ -51,7 +53,7 @@ class MixedData:
 def mix_datasets(
     dataset_mixer: Mapping[str, Any],
     schema: str,
-    splits: Sequence[str] = (TRAIN, TEST),
+    splits: Sequence[str] | Mapping[str, Sequence[str]] = (TRAIN, TEST),
     test_split_size: float | int | None = None,
     seed: int = 42,
     dataset_filter: Mapping[str, Any] | None = None,
@@ -71,6 +73,7 @@ def mix_datasets(
     - weights: a number (fraction of the rows; > 1 repeats whole copies plus a seeded remainder) or
       {fraction: f} | {size: n} with optional per-source {format, filter, split_map}. size > available is an error.
     - splits: names starting with "train" are sampled by weight into the train set; "test*" splits are taken whole.
+      One list for every source, or a mapping {source: [splits]} (LION's form) naming every source's own.
     - test_split_size: for sources lacking a requested test split (or, with no test split requested, a "test" split),
       carve this many rows (fraction if < 1, else a row count) off the matching train split, seeded.
     - dataset_filter (global) and per-source filter: keep rows whose raw column equals the value (or is in the list).
@@ -86,7 +89,7 @@ def mix_datasets(
     for source in sources:  # fail on a mistyped path before spending minutes loading the sources before it
         if looks_like_path(source.name) and not Path(source.name).expanduser().exists():
             raise FileNotFoundError(f"dataset '{source.name}': no such file or folder")
-    train_splits, test_splits = _route_splits(splits, test_split_size)
+    routes = _route_per_source(splits, sources, test_split_size)
     carve = _parse_test_split_size(test_split_size)
     _check_positive("max_samples", max_samples)
     if group_column is not None and resample_each_epoch:
@@ -99,6 +102,7 @@ def mix_datasets(
     sizes: dict[str, dict[str, SampleSize]] = {TRAIN: {}, TEST: {}}
     pool_stats: dict[str, dict[str, SourceStats]] = {TRAIN: {}, TEST: {}}
     for source in sources:
+        train_splits, test_splits = routes[source.name]
         row_filter = {**(dataset_filter or {}), **(source.filter or {})}
         prepare = functools.partial(
             _prepare, source, schema=schema, row_filter=row_filter, skip_invalid=skip_invalid,
@@ -144,6 +148,25 @@ def mix_datasets(
         _record_final(mixed[kind], pool_stats[kind], tokenizer)
     train, test = (mixed[k].materialize(0) if mixed[k] is not None else None for k in (TRAIN, TEST))
     return MixedData(train, test, stats, mixed[TRAIN] if resample_each_epoch else None)
+
+
+def _route_per_source(splits: Sequence[str] | Mapping[str, Sequence[str]], sources: list[SourceSpec],
+                      test_split_size: Any) -> dict[str, tuple[list[str], list[str]]]:
+    """(train splits, test splits) of every source: the same list for all, or each source's own from a mapping."""
+    splits = parse_splits(splits)
+    if not isinstance(splits, Mapping):
+        return {source.name: _route_splits(splits, test_split_size) for source in sources}
+    names = [source.name for source in sources]
+    for name in splits:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"dataset_splits names '{name}', which is not a dataset_mixer source{hint}")
+    missing = [name for name in names if name not in splits]
+    if missing:
+        raise ValueError(f"dataset_splits is a mapping but has no splits for dataset_mixer source(s) "
+                         f"{', '.join(repr(m) for m in missing)}")
+    return {name: _route_splits(splits[name], test_split_size) for name in names}
 
 
 def _route_splits(splits: Sequence[str], test_split_size: Any) -> tuple[list[str], list[str]]:

@@ -250,3 +250,29 @@ def _runs(labels: list[int]) -> list[tuple[int, int, bool]]:
 
 def _trained_spans(labels: list[int]) -> list[tuple[int, int]]:
     return [(start, stop) for start, stop, trained in _runs(labels) if trained]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# An empty system message where the template renders one (alignment-handbook's auto_insert_empty_system_msg)
+
+
+def template_renders_system(template: str) -> bool:
+    """alignment-handbook's test (``maybe_insert_system_message``): the template mentions system or <|im_start|>."""
+    return "system" in template or "<|im_start|>" in template
+
+
+def with_empty_system_message(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with an empty system message first, unless it starts with a system message already."""
+    if messages and messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": ""}, *messages]
+
+
+def empty_system_message_inserter(schema: str):
+    """A batched ``Dataset.map`` function giving every row of `schema` an empty system message (see above)."""
+    column = "messages" if schema == "sft" else "prompt"
+
+    def insert(batch):
+        return {column: [with_empty_system_message(list(messages)) for messages in batch[column]]}
+
+    return insert

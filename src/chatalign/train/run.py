@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from chatalign.configs import write_run_args
 from chatalign.data.mixer import mix_datasets
+from chatalign.data.rendering import empty_system_message_inserter, template_renders_system
 from chatalign.data.stats import format_stats_table
 from chatalign.data.templates import infer_stop_strings
 from chatalign.data.tokenizers import set_stop_tokens
@@ -52,6 +53,8 @@ def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_column
         dataset_format=data_args.dataset_format, tokenizer=tokenizer if data_args.show_dataset_stats else None,
         resample_each_epoch=data_args.resample_each_epoch, extra_columns=extra_columns, group_column=group_column,
     )
+    if getattr(data_args, "auto_insert_empty_system_msg", False):
+        insert_empty_system_messages(mixture, schema, tokenizer)
     table = format_stats_table(mixture.stats)
     if data_args.show_dataset_stats:
         print(table, flush=True)
@@ -60,6 +63,22 @@ def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_column
     if mixture.train is None or len(mixture.train) == 0:
         raise ValueError(f"the mixture has no training rows (splits {data_args.dataset_splits})")
     return mixture
+
+
+def insert_empty_system_messages(mixture, schema: str, tokenizer) -> None:
+    """auto_insert_empty_system_msg, in place on the mixture, as alignment-handbook does: only where the template
+    renders system messages."""
+    template = (tokenizer.chat_template if tokenizer is not None else None) or ""
+    if not isinstance(template, str) or not template_renders_system(template):
+        logger.info("auto_insert_empty_system_msg: the chat template renders no system message; nothing inserted")
+        return
+    insert = empty_system_message_inserter(schema)
+    for name in ("train", "test"):
+        split = getattr(mixture, name)
+        if split is not None:
+            setattr(mixture, name, split.map(insert, batched=True, desc=f"empty system message ({name})"))
+    if mixture.train_resampled is not None:
+        mixture.train_resampled = mixture.train_resampled.map_pools(insert, batched=True)
 
 
 def resolve_resume_checkpoint(training_args) -> str | None:
