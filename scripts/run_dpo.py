@@ -55,7 +55,13 @@ def main(argv=None):
         load_training_tokenizer,
         peft_config,
     )
-    from chatalign.train.run import RecordRunArgsCallback, resolve_resume_checkpoint, setup_logging, train_save_evaluate
+    from chatalign.train.run import (
+        RecordRunArgsCallback,
+        resolve_resume_checkpoint,
+        setup_logging,
+        train_save_evaluate,
+        with_prompt_ids,
+    )
 
     # 1. Logging, checks that need no data or model, and the resolved config
     check_dpo_arguments(training_args, data_args, script_args)
@@ -71,6 +77,7 @@ def main(argv=None):
     with training_args.main_process_first(desc="dataset preparation"):
         train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
                                                                         tokenizer)
+        train_dataset = with_prompt_ids(train_dataset, "preference")  # for train_data_ids.csv
         if script_args.precompute_file_path:
             path = script_args.precompute_file_path
             ref_logps = open_ref_logps_file(path, reference_dependencies(model_args, training_args, script_args,
@@ -106,7 +113,7 @@ def main(argv=None):
 
     # 5. Train, save, evaluate
     logger.info("training on %d preference pairs (%s)", len(trainer.train_dataset), data_counts["train"])
-    train_save_evaluate(trainer, configs, checkpoint, data_counts)
+    train_save_evaluate(trainer, configs, checkpoint, data_counts, trainer.train_dataset["prompt_id"])
     return trainer
 
 

@@ -54,6 +54,7 @@ def main(argv=None):
         resolve_resume_checkpoint,
         setup_logging,
         train_save_evaluate,
+        with_prompt_ids,
     )
 
     # 1. Logging, checks that need no data, and the resolved config
@@ -79,6 +80,7 @@ def main(argv=None):
             eval_dataset = mixture.test
             if nnpu:
                 eval_dataset, pair_counts["test"] = pair_real_generated(eval_dataset, seed, "test")
+    train_dataset = with_prompt_ids(train_dataset, "unpaired")  # for train_data_ids.csv
     labels = train_dataset["label"]
     logger.info("training rows: %d desirable/real (label True), %d undesirable/generated (label False)",
                 sum(labels), len(labels) - sum(labels))
@@ -111,7 +113,7 @@ def main(argv=None):
                 training_args.beta)
     counts = {split: {**pair_counts.get(split, {}), **trainer.data_counts.get(name, {})}
               for split, name in (("train", "train"), ("test", "eval"))}
-    train_save_evaluate(trainer, configs, checkpoint, counts)
+    train_save_evaluate(trainer, configs, checkpoint, counts, trainer.train_dataset["prompt_id"])
     return trainer
 
 

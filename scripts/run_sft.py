@@ -48,10 +48,13 @@ def main(argv=None):
     from chatalign.train.models import check_quantization_request, load_model, load_training_tokenizer, peft_config
     from chatalign.train.run import (
         RecordRunArgsCallback,
+        RecordTrainDataIdsCallback,
         load_mixture,
+        prompt_id_filler,
         resolve_resume_checkpoint,
         setup_logging,
         train_save_evaluate,
+        with_prompt_ids,
     )
     from chatalign.train.sft import sft_renderer, tokenize_sft
 
@@ -74,8 +77,11 @@ def main(argv=None):
         logger.info("pre-flight: first training example, trained tokens in [[ ]]:\n%s", report)
         for warning in warnings:
             logger.warning("pre-flight: %s", warning)
-        train_dataset, train_counts = tokenize_sft(mixture.train, tokenizer, training_args.max_length,
-                                                   script_args.overflow, "train")
+        train_dataset, train_counts = tokenize_sft(with_prompt_ids(mixture.train, "sft"), tokenizer,
+                                                   training_args.max_length, script_args.overflow, "train",
+                                                   keep_columns=("prompt_id",))
+        train_ids = train_dataset["prompt_id"]  # the rows kept, for train_data_ids.csv
+        train_dataset = train_dataset.remove_columns("prompt_id")
         eval_dataset, eval_counts = (None, {})
         if mixture.test is not None and training_args.eval_strategy != "no":
             eval_dataset, eval_counts = tokenize_sft(mixture.test, tokenizer, training_args.max_length,
@@ -98,6 +104,9 @@ def main(argv=None):
         resampled = pools.map_pools(sft_renderer(tokenizer, max_length), batched=True,
                                     remove_columns=pools.pool.column_names)
         callbacks.append(ResampleEachEpochCallback(resampled))
+        # Each epoch draws its own rows: train_data_ids.csv records every epoch's, as each begins.
+        callbacks.append(RecordTrainDataIdsCallback(pools.map_pools(prompt_id_filler("sft"), batched=True)))
+        train_ids = None
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -113,7 +122,7 @@ def main(argv=None):
 
     # 5. Train, save, evaluate
     logger.info("training on %d rows (%s)", len(train_dataset), train_counts)
-    train_save_evaluate(trainer, configs, checkpoint, {"train": train_counts, "test": eval_counts})
+    train_save_evaluate(trainer, configs, checkpoint, {"train": train_counts, "test": eval_counts}, train_ids)
     return trainer
 
 

@@ -16,6 +16,7 @@ from trl import DPOConfig, DPOTrainer
 
 from chatalign.configs import ChatalignParser, ConfigError
 from chatalign.data.arguments import DataArguments
+from chatalign.data.mixer import mix_datasets
 from chatalign.store import pair_id, seeded_rng
 from chatalign.train.dpo.arguments import (
     TRL_LOSS_TYPES,
@@ -462,7 +463,12 @@ def test_run_dpo_trains_saves_and_reloads(run_dpo, tiny_model_dir, data_dir, tmp
 
 def test_run_dpo_reference_from_ref_model_name_or_path(run_dpo, tiny_model_dir, other_model_dir, pref_file, tmp_path):
     trainer = run_dpo.main(cli(tiny_model_dir, pref_file, tmp_path, ref_model_name_or_path=other_model_dir,
-                               max_steps=1))
+                               max_steps=1, max_data_size=5))
+    # train_data_ids.csv: the prompt_id of each pair trained on, after the max_data_size draw (as LION writes it)
+    lines = (tmp_path / "train_data_ids.csv").read_text().splitlines()
+    mixed = mix_datasets({str(pref_file): 1.0}, "preference", splits=["train"], seed=0).train
+    expected = select_preference_data(mixed, 5, None, seed=0)[0]["prompt_id"]
+    assert lines[0] == "prompt_id" and sorted(lines[1:]) == sorted(expected) and len(expected) == 5
     other = AutoModelForCausalLM.from_pretrained(other_model_dir)
     assert torch.equal(trainer.ref_model.lm_head.weight, other.lm_head.weight)
     assert trainer.state.log_history[0]["rewards/margins"] != 0.0  # the policy starts away from this reference

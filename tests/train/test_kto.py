@@ -3,6 +3,7 @@ self-play recipe, and end-to-end runs on the tiny model (standard KTO on unpaire
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -334,6 +335,8 @@ def test_run_kto_nnpu_samples_whole_pairs(tmp_path, tiny_model_dir, selfplay_dir
     load_script("run_kto").main([recipe])
     data = json.loads((out / "train_results.json").read_text())["data"]["train"]
     assert data["pairs"] == 6 and not [k for k in data if "partner" in k]
+    ids = (out / "train_data_ids.csv").read_text().splitlines()
+    assert ids[0] == "prompt_id" and len(ids) == 13 and set(Counter(ids[1:]).values()) == {2}  # real + generated
 
 def test_run_kto_nnpu_on_selfplay_pairs(tmp_path, tiny_model_dir, selfplay_dir):
     out = tmp_path / "nnpu"

@@ -14,7 +14,10 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from chatalign.data.mixer import mix_datasets
 from chatalign.data.rendering import IGNORE_INDEX
+from chatalign.store import prompt_id
+from chatalign.train.run import with_prompt_ids
 from chatalign.train.sft import tokenize_sft
 
 SFT_DATA = {
@@ -64,6 +67,15 @@ def test_full_sft_trains_saves_and_reloads(tmp_path, tiny_model_dir):
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     results = json.loads((out / "train_results.json").read_text())
     assert sum(results["data"]["train"].values()) == 39 + 15  # every mixed row is accounted for
+    # train_data_ids.csv: one prompt_id per row trained on, in mixture order; rows without one get the store's id
+    ids = (out / "train_data_ids.csv").read_text().splitlines()
+    kept = results["data"]["train"].get("kept whole", 0) + results["data"]["train"].get("truncated to max_length", 0)
+    mixed = with_prompt_ids(mix_datasets(SFT_DATA, "sft", splits=["train"], seed=7).train, "sft")
+    assert ids[0] == "prompt_id" and len(ids) - 1 == kept and kept > 30
+    remaining = iter(mixed["prompt_id"])
+    assert all(any(pid == other for other in remaining) for pid in ids[1:])  # a subsequence: only drops removed
+    alpaca = next(row for row in mixed if "alpaca" in row["source"])
+    assert alpaca["prompt_id"] == prompt_id(alpaca["messages"][:-1])
     run_args = yaml.safe_load((out / "run_args.yaml").read_text())
     assert run_args["args"]["max_length"] == 128 and run_args["chatalign"]["script"]
     reloaded = AutoModelForCausalLM.from_pretrained(out)
@@ -188,6 +200,10 @@ def test_resample_each_epoch_trains_on_new_subsets(tmp_path, tiny_model_dir):
     # padding-free hands TRL max_length=None; run_args.yaml still records the recipe's 128
     assert yaml.safe_load((tmp_path / "out/run_args.yaml").read_text())["args"]["max_length"] == 128
     assert not (dataset.epoch_indices(0) == dataset.epoch_indices(1)).all()
+    # every epoch's own draw is recorded, with the epoch that drew it
+    rows = (tmp_path / "out/train_data_ids.csv").read_text().splitlines()
+    assert rows[0] == "prompt_id,epoch"
+    assert [int(r.rsplit(",", 1)[1]) for r in rows[1:]] == [0] * len(dataset) + [1] * len(dataset)
 
 
 def run_sft_subprocess(recipe, *extra, env_extra=None, launcher=None):

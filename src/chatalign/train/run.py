@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import math
 import os
 import sys
 from collections import Counter
@@ -18,6 +21,7 @@ from chatalign.data.rendering import empty_system_message_inserter, template_ren
 from chatalign.data.stats import format_stats_table
 from chatalign.data.templates import infer_stop_strings
 from chatalign.data.tokenizers import set_stop_tokens
+from chatalign.store import prompt_id, write_text
 from chatalign.train.models import is_peft
 
 logger = logging.getLogger(__name__)
@@ -100,6 +104,56 @@ def resolve_resume_checkpoint(training_args) -> str | None:
     return value
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# train_data_ids.csv: which examples a run trained on (LION's file, read by the analysis scripts)
+
+TRAIN_DATA_IDS = "train_data_ids.csv"
+
+
+def prompt_id_filler(schema: str):
+    """A batched ``Dataset.map`` function giving every row a prompt_id: its own, else the store's id of its prompt
+    (for an sft row, the messages before its final reply)."""
+    column = "messages" if schema == "sft" else "prompt"
+
+    def fill(batch):
+        given = batch.get("prompt_id") or [None] * len(batch[column])
+        return {"prompt_id": [pid or prompt_id(conversation[:-1] if schema == "sft" else conversation)
+                              for pid, conversation in zip(given, batch[column], strict=True)]}
+
+    return fill
+
+
+def with_prompt_ids(dataset, schema: str):
+    """The dataset with a prompt_id on every row (see prompt_id_filler)."""
+    return dataset.map(prompt_id_filler(schema), batched=True, desc="prompt ids")
+
+
+def write_train_data_ids(output_dir, ids, epochs=None) -> Path:
+    """<output_dir>/train_data_ids.csv: a column prompt_id, one row per training example; when every epoch draws
+    its own rows, an epoch column says which epoch drew each."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["prompt_id"] if epochs is None else ["prompt_id", "epoch"])
+    writer.writerows([[i] for i in ids] if epochs is None else zip(ids, epochs, strict=True))
+    return write_text(Path(output_dir) / TRAIN_DATA_IDS, buffer.getvalue())
+
+
+class RecordTrainDataIdsCallback(TrainerCallback):
+    """With resample_each_epoch: at every epoch start, train_data_ids.csv gets the rows of every epoch so far. Each
+    epoch's draw is a pure function of the seed, so a resumed run writes the same file."""
+
+    def __init__(self, resampled):
+        self.resampled = resampled  # an EpochResampledDataset whose pools carry prompt_id
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            column = self.resampled.pool["prompt_id"]
+            current = int(math.floor((state.epoch or 0.0) + 1e-9))
+            draws = [(column[i], epoch) for epoch in range(current + 1) for i in self.resampled.epoch_indices(epoch)]
+            write_train_data_ids(args.output_dir, [d[0] for d in draws], [d[1] for d in draws])
+        return control
+
+
 class RecordRunArgsCallback(TrainerCallback):
     """Rewrites run_args.yaml once training has begun, when the wandb run (if any) exists and has an id."""
 
@@ -143,9 +197,13 @@ def save_run(trainer, configs, metrics: dict, data_counts: dict | None = None) -
         trainer.push_to_hub(tags=["chatalign"])
 
 
-def train_save_evaluate(trainer, configs, checkpoint: str | None, data_counts: dict) -> dict:
+def train_save_evaluate(trainer, configs, checkpoint: str | None, data_counts: dict,
+                        train_ids: list[str] | None = None) -> dict:
     """The end every training script shares: train (resuming where asked), save the run, evaluate if there is a test
-    set. Returns the train metrics (and eval metrics under "eval")."""
+    set. `train_ids` (the prompt_id of every training example) go to train_data_ids.csv first. Returns the train
+    metrics (and eval metrics under "eval")."""
+    if train_ids is not None and trainer.is_world_process_zero():
+        write_train_data_ids(trainer.args.output_dir, train_ids)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics, train_samples=len(trainer.train_dataset))
     trainer.log_metrics("train", metrics)

@@ -30,14 +30,17 @@ def sft_renderer(tokenizer, max_length: int | None, with_full_length: bool = Fal
     return render
 
 
-def tokenize_sft(dataset, tokenizer, max_length: int | None, overflow: str = "truncate", split: str = "train"):
+def tokenize_sft(dataset, tokenizer, max_length: int | None, overflow: str = "truncate", split: str = "train",
+                 keep_columns=()):
     """Render `messages` rows to `input_ids` + `labels` (assistant tokens only); count what max_length cuts.
 
     Returns the tokenized dataset and counts: rows truncated, rows dropped as too long (overflow='drop'), rows
-    dropped because no assistant token survived. Nothing is dropped silently.
+    dropped because no assistant token survived. Nothing is dropped silently. `keep_columns` are carried through
+    (e.g. prompt_id, to know which rows were kept).
     """
     render = sft_renderer(tokenizer, max_length, with_full_length=True)
-    tokenized = dataset.map(render, batched=True, remove_columns=dataset.column_names,
+    tokenized = dataset.map(render, batched=True,
+                            remove_columns=[c for c in dataset.column_names if c not in keep_columns],
                             desc=f"rendering {split} conversations")
     full = tokenized["_full_length"]
     too_long = [n > max_length for n in full] if max_length is not None else [False] * len(full)
