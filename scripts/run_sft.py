@@ -6,28 +6,23 @@
 
 Conversations are rendered with the chat template to (input_ids, labels) by chatalign, so every system, user and
 tool-output token is masked (including the code-output user turns of math chats) and TRL trains on exactly those
-labels. Rows longer than max_length are truncated or dropped (`overflow`), and both are counted in the log.
+labels. `mask_user_labels: false` trains on every token instead (LION's key); TRL's assistant_only_loss and
+completion_only_loss map onto it, chat_template_path onto chat_template, and eos_token or dataset_text_field (which
+this rendering would ignore) are errors. Rows longer than max_length are truncated or dropped (`overflow`), and both
+are counted in the log.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
-from typing import Literal
 
 from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.models import ModelArguments
+from chatalign.train.sft import SFTScriptArguments
 
 logger = logging.getLogger("run_sft")
-
-
-@dataclass
-class SFTScriptArguments:
-    overflow: Literal["truncate", "drop"] = field(
-        default="truncate", metadata={"help": "Rows longer than max_length: 'truncate' (keep the start) or 'drop'."}
-    )
 
 
 def make_parser() -> ChatalignParser:
@@ -37,7 +32,8 @@ def make_parser() -> ChatalignParser:
 
 
 def main(argv=None):
-    model_args, data_args, training_args, script_args = make_parser().parse(argv)
+    parser = make_parser()
+    model_args, data_args, training_args, script_args = parser.parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
 
@@ -56,15 +52,12 @@ def main(argv=None):
         train_save_evaluate,
         with_prompt_ids,
     )
-    from chatalign.train.sft import sft_renderer, tokenize_sft
+    from chatalign.train.sft import check_sft_arguments, sft_renderer, tokenize_sft
 
     # 1. Logging, checks that need no data, and the resolved config
+    check_sft_arguments(training_args, data_args, script_args, parser.sources)
     setup_logging(training_args)
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
-    if getattr(training_args, "truncation_mode", "keep_start") != "keep_start":
-        # chatalign renders and cuts conversations itself, keeping the start (system prompt and first turns)
-        raise ValueError(f"truncation_mode={training_args.truncation_mode!r}: run_sft keeps the start of each "
-                         "conversation; use overflow: drop to skip long rows instead")
     checkpoint = resolve_resume_checkpoint(training_args)
     if training_args.process_index == 0:
         write_run_args(training_args.output_dir, configs)
@@ -79,13 +72,15 @@ def main(argv=None):
             logger.warning("pre-flight: %s", warning)
         train_dataset, train_counts = tokenize_sft(with_prompt_ids(mixture.train, "sft"), tokenizer,
                                                    training_args.max_length, script_args.overflow, "train",
-                                                   keep_columns=("prompt_id",))
+                                                   keep_columns=("prompt_id",),
+                                                   mask_user_labels=script_args.mask_user_labels)
         train_ids = train_dataset["prompt_id"]  # the rows kept, for train_data_ids.csv
         train_dataset = train_dataset.remove_columns("prompt_id")
         eval_dataset, eval_counts = (None, {})
         if mixture.test is not None and training_args.eval_strategy != "no":
             eval_dataset, eval_counts = tokenize_sft(mixture.test, tokenizer, training_args.max_length,
-                                                     script_args.overflow, "test")
+                                                     script_args.overflow, "test",
+                                                     mask_user_labels=script_args.mask_user_labels)
 
     # 3. Model. Rows are already rendered and cut to max_length, so TRL must not truncate again; padding-free
     # batches without packing require max_length=None in TRL.
@@ -98,10 +93,11 @@ def main(argv=None):
     callbacks = [RecordRunArgsCallback(configs)]
     resampled = None
     if mixture.train_resampled is not None:
-        # Every pool row is rendered once; rows longer than max_length are truncated whatever `overflow` says,
-        # because dropping rows would change the per-source sizes that each epoch redraws.
+        # Every pool row is rendered once and truncated to max_length (overflow: drop is refused with resampling:
+        # dropping rows would change the per-source sizes that each epoch redraws).
         pools = mixture.train_resampled
-        resampled = pools.map_pools(sft_renderer(tokenizer, max_length), batched=True,
+        resampled = pools.map_pools(sft_renderer(tokenizer, max_length, mask_user_labels=script_args.mask_user_labels),
+                                    batched=True,
                                     remove_columns=pools.pool.column_names)
         callbacks.append(ResampleEachEpochCallback(resampled))
         # Each epoch draws its own rows: train_data_ids.csv records every epoch's, as each begins.

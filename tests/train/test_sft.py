@@ -310,3 +310,60 @@ def test_unsupported_truncation_mode_is_refused_before_loading(tmp_path):
     recipe = write_recipe(tmp_path, tmp_path / "no-such-model", truncation_mode="keep_end")
     with pytest.raises(ValueError, match="truncation_mode='keep_end': run_sft keeps the start"):
         load_script("run_sft").main([recipe])
+
+
+def sft_parse(tmp_path, **keys):
+    from chatalign.configs import ChatalignParser
+    from chatalign.train.sft import check_sft_arguments
+
+    script = load_script("run_sft")
+    parser: ChatalignParser = script.make_parser()
+    model_args, data_args, training_args, script_args = parser.parse([write_recipe(tmp_path, tmp_path / "m", **keys)])
+    check_sft_arguments(training_args, data_args, script_args, parser.sources)
+    return data_args, training_args, script_args
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"eos_token": "<|im_end|>"}, "key 'eos_token' in '.*recipe.yaml': TRL's eos_token has no effect in run_sft"),
+    ({"dataset_text_field": "text"}, "key 'dataset_text_field' in '.*recipe.yaml': TRL's dataset_text_field has no "
+                                     "effect"),
+    ({"chat_template": "chatml", "chat_template_path": "zephyr"}, r"chat_template \('chatml'\) and chat_template_path "
+                                                                  r"\('zephyr'\) name two templates"),
+    ({"assistant_only_loss": True, "mask_user_labels": False}, "assistant_only_loss=True in '.*recipe.yaml' "
+                                                               "contradicts mask_user_labels=False"),
+    ({"resample_each_epoch": True, "overflow": "drop"}, "resample_each_epoch with overflow: drop"),
+    ({"resample_each_epoch": True, "packing": True}, "resample_each_epoch with packing"),
+])
+def test_trl_keys_run_sft_would_ignore_are_refused_before_loading(tmp_path, keys, message):
+    from chatalign.configs import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        sft_parse(tmp_path, **keys)
+    with pytest.raises(ConfigError, match=message):  # the script says so before it looks for the model
+        load_script("run_sft").main([write_recipe(tmp_path, tmp_path / "no-such-model", **keys)])
+
+
+def test_trl_loss_and_template_keys_map_onto_chatalign(tmp_path):
+    data_args, training_args, script_args = sft_parse(tmp_path, chat_template_path="zephyr")
+    assert data_args.chat_template == "zephyr" and training_args.chat_template_path is None
+    assert script_args.mask_user_labels and not training_args.assistant_only_loss
+    for key in ("assistant_only_loss", "completion_only_loss"):
+        _, training_args, script_args = sft_parse(tmp_path, **{key: False})
+        assert script_args.mask_user_labels is False
+        assert (training_args.assistant_only_loss, training_args.completion_only_loss) == (False, None)
+        assert sft_parse(tmp_path, **{key: True})[2].mask_user_labels is True
+
+
+def test_mask_user_labels_false_trains_on_every_token(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, max_steps=1, assistant_only_loss=False,
+                          chat_template_path=str(REPO / "chat_templates/zephyr.jinja"))
+    trainer = load_script("run_sft").main([recipe])
+    rows = trainer.train_dataset
+    assert all(row["labels"] == row["input_ids"] for row in rows)  # nothing masked
+    zephyr = (REPO / "chat_templates/zephyr.jinja").read_text()
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template == zephyr  # trained with, saved with
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = zephyr
+    masked, _ = tokenize_sft(Dataset.from_list([{"messages": [{"role": "user", "content": "hi"},
+                                                              {"role": "assistant", "content": "hello"}]}]), tok, 64)
+    assert IGNORE_INDEX in masked[0]["labels"]  # the default masks the user turn
