@@ -67,7 +67,7 @@ def main(argv=None):
     check_dpo_arguments(training_args, data_args, script_args)
     setup_logging(training_args)
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
-    checkpoint = resolve_resume_checkpoint(training_args)
+    checkpoint = resolve_resume_checkpoint(training_args, configs, script_args.overwrite_output_dir)
     if training_args.process_index == 0:
         write_run_args(training_args.output_dir, configs)
 

@@ -397,6 +397,19 @@ def current_wandb_run() -> dict[str, str] | None:
     return {"id": run.id, "project": run.project, "entity": getattr(run, "entity", None) or ""}
 
 
+def _secret_values() -> set[str]:
+    import os
+
+    return {os.environ[name] for name in SECRET_ENV_VARS if os.environ.get(name)}
+
+
+def resolved_args(configs) -> dict[str, Any]:
+    """Every resolved key of the configs as plain YAML values, secrets left out: the `args` block of run_args.yaml."""
+    secrets = _secret_values()
+    return {f.name: _plain(getattr(config, f.name), secrets) for config in configs for f in dataclasses.fields(config)
+            if f.init and not _is_secret_key(f.name)}
+
+
 def write_run_args(output_dir: str | Path, configs, script: str | None = None, extra: dict | None = None) -> Path:
     """Write `<output_dir>/run_args.yaml`: every resolved key, the git commit, package versions, the wandb run.
 
@@ -404,14 +417,9 @@ def write_run_args(output_dir: str | Path, configs, script: str | None = None, e
     Called again after training starts so the wandb run id (known only then) is recorded.
     """
     import datetime
-    import os
 
-    secrets = {os.environ[name] for name in SECRET_ENV_VARS if os.environ.get(name)}
-    args: dict[str, Any] = {}
-    for config in configs:
-        for f in dataclasses.fields(config):
-            if f.init and not _is_secret_key(f.name):
-                args[f.name] = _plain(getattr(config, f.name), secrets)
+    secrets = _secret_values()
+    args = resolved_args(configs)
     meta = {
         "script": script or Path(sys.argv[0]).name,
         "command": _mask_command(sys.argv, secrets),

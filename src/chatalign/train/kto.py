@@ -24,6 +24,7 @@ import torch
 from trl import KTOTrainer
 
 from chatalign.store import prompt_id, seeded_rng
+from chatalign.train.run import RunArguments
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ REAL, GENERATED = True, False  # unpaired `label` of the real response and of th
 
 
 @dataclass
-class KTOScriptArguments:
+class KTOScriptArguments(RunArguments):
     """Recipe keys of run_kto beyond KTOConfig (names chosen not to clash with KTOConfig, ModelConfig or DataArguments)."""
 
     kto_variant: Literal["standard", "nnpu"] = field(

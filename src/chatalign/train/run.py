@@ -9,13 +9,16 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from chatalign.configs import write_run_args
+from chatalign.configs import RUN_ARGS_FILE, ConfigError, read_run_args, resolved_args, write_run_args
 from chatalign.data.mixer import mix_datasets
 from chatalign.data.rendering import empty_system_message_inserter, template_renders_system
 from chatalign.data.stats import format_stats_table
@@ -85,17 +88,67 @@ def insert_empty_system_messages(mixture, schema: str, tokenizer) -> None:
         mixture.train_resampled = mixture.train_resampled.map_pools(insert, batched=True)
 
 
-def resolve_resume_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint=true` means the newest checkpoint in output_dir; none there means a fresh start."""
+@dataclass
+class RunArguments:
+    """Recipe keys of every training run's output folder (part of each training script's own arguments)."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an output_dir that holds another run's checkpoints; they are moved to "
+                          "<output_dir>/previous-run-<time>/, never deleted."},
+    )
+
+
+# The keys that make two runs the same run: a run may be resumed with other max_steps, logging or evaluation
+# settings, but not on another model, other data, another seed or another loss.
+RUN_IDENTITY = ("model_name_or_path", "model_revision", "ref_model_name_or_path", "dataset_mixer", "dataset_splits",
+                "dataset_format", "dataset_filter", "dedup_column", "test_split_size", "max_samples", "chat_template",
+                "seed", "data_seed", "use_peft", "max_data_size", "preference_config", "preference_sampling",
+                "kto_variant", "loss_type", "beta")
+
+
+def other_run(output_dir: str | Path, configs) -> str | None:
+    """Why the checkpoints in output_dir are not this run's (its run_args.yaml disagrees), or None if they are."""
+    stored = read_run_args(output_dir)
+    if stored is None:
+        return "no run_args.yaml says which run wrote them"
+    before, now = stored.get("args") or {}, resolved_args(configs)
+    diffs = [f"{key}: {before[key]!r} -> {now.get(key)!r}" for key in RUN_IDENTITY
+             if key in before and before[key] != now.get(key)]
+    return "; ".join(diffs) or None
+
+
+def resolve_resume_checkpoint(training_args, configs=(), overwrite_output_dir: bool = False) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint=true` means the newest in output_dir; none there means
+    a fresh start. An output_dir whose checkpoints belong to another run (its run_args.yaml disagrees on a key of
+    RUN_IDENTITY) is refused, or with overwrite_output_dir has them moved aside; it is never resumed from."""
     from transformers.trainer_utils import get_last_checkpoint
 
     value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "no", "0", ""):
+    resume = value is not None and str(value).lower() not in ("false", "no", "0", "")
+    output_dir = Path(training_args.output_dir)
+    checkpoints = sorted(p for p in output_dir.glob("checkpoint-*") if p.is_dir()) if output_dir.is_dir() else []
+    why = other_run(output_dir, configs) if checkpoints else None
+    if why is not None:
+        if resume and str(value).lower() in ("true", "yes", "1"):
+            raise ConfigError(f"output_dir {output_dir} holds checkpoints of another run ({why}): resuming would "
+                              "continue that run, not this one; use another output_dir")
+        if not overwrite_output_dir:
+            raise ConfigError(f"output_dir {output_dir} holds checkpoints of another run ({why}); use another "
+                              "output_dir, or set overwrite_output_dir: true to move them aside and start afresh")
+        if training_args.process_index == 0:
+            aside = output_dir / f"previous-run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+            aside.mkdir()
+            for path in [*checkpoints, output_dir / RUN_ARGS_FILE]:
+                if path.exists():
+                    shutil.move(str(path), str(aside / path.name))
+            logger.warning("overwrite_output_dir: moved %d checkpoints of another run to %s", len(checkpoints), aside)
+    if not resume:
         return None
     if str(value).lower() in ("true", "yes", "1"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
         if last is None:
-            logger.info("no checkpoint in %s: starting from scratch", training_args.output_dir)
+            logger.info("no checkpoint in %s: starting from scratch", output_dir)
         else:
             logger.info("resuming from %s", last)
         return last

@@ -11,13 +11,13 @@ from typing import Literal
 
 from chatalign.configs import ConfigError
 from chatalign.data.rendering import IGNORE_INDEX, render_conversation
-from chatalign.train.run import count_summary
+from chatalign.train.run import RunArguments, count_summary
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTScriptArguments:
+class SFTScriptArguments(RunArguments):
     """Recipe keys of run_sft beyond TRL's SFTConfig."""
 
     overflow: Literal["truncate", "drop"] = field(
