@@ -52,7 +52,7 @@ def main(argv=None):
         reference_dependencies,
     )
     from chatalign.train.dpo.selection import load_preference_data
-    from chatalign.train.models import load_model, load_training_tokenizer
+    from chatalign.train.models import load_model, load_training_tokenizer, reference_revision
     from chatalign.train.run import setup_logging
 
     # 1. Checks that need no data or model
@@ -81,7 +81,8 @@ def main(argv=None):
                     sum(len(d) for d in splits))
         return data
     ref_path = script_args.ref_model_name_or_path or model_args.model_name_or_path
-    model = load_model(model_args, training_args, tokenizer, ref_path)
+    model = load_model(model_args, training_args, tokenizer, ref_path,
+                       reference_revision(model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision))
     model.eval()
 
     # 4. TRL's reference pass over the missing pairs, saved chunk by chunk

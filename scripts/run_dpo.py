@@ -54,6 +54,7 @@ def main(argv=None):
         load_reference_model,
         load_training_tokenizer,
         peft_config,
+        reference_revision,
     )
     from chatalign.train.run import (
         RecordRunArgsCallback,
@@ -91,7 +92,8 @@ def main(argv=None):
     # dtype, attention and pad-token handling; with PEFT or precomputed log-probs it needs none.
     model = load_model(model_args, training_args, tokenizer)
     ref_path = reference_model_path(model_args, training_args, script_args)
-    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path)
+    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path, reference_revision(
+        model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision))
 
     # 4. Trainer
     trainer = ChatalignDPOTrainer(

@@ -47,6 +47,7 @@ def main(argv=None):
         load_training_tokenizer,
         peft_config,
         reference_model_path,
+        reference_revision,
     )
     from chatalign.train.run import (
         RecordRunArgsCallback,
@@ -89,7 +90,8 @@ def main(argv=None):
     # from ref_model_name_or_path or the policy's path; none with PEFT or precomputed reference log-probs.
     model = load_model(model_args, training_args, tokenizer)
     ref_path = reference_model_path(model_args, training_args, script_args.ref_model_name_or_path)
-    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path)
+    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path, reference_revision(
+        model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision))
 
     # 4. Trainer
     trainer_class, extra = ChatalignKTOTrainer, {}

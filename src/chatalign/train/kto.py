@@ -46,6 +46,11 @@ class KTOScriptArguments(RunArguments):
     ref_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Reference model; default: model_name_or_path (with PEFT: adapters disabled)."}
     )
+    ref_model_revision: str | None = field(
+        default=None,
+        metadata={"help": "Revision of ref_model_name_or_path (default: main; the policy's model_revision when the "
+                          "reference is the policy itself)."},
+    )
     nnpu_detach_kl: bool = field(
         default=False,
         metadata={"help": "nnPU: false (the seed's code) lets gradients flow through the KL baselines KL_real and "

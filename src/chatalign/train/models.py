@@ -33,8 +33,10 @@ def load_training_tokenizer(model_args: ModelArguments, chat_template: str | Non
     return tokenizer
 
 
-def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_or_path: str | None = None):
-    """A causal LM in the recipe's dtype and attention, quantized where asked, with a pad token distinct from eos."""
+def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_or_path: str | None = None,
+               revision: str | None = None):
+    """A causal LM in the recipe's dtype and attention, quantized where asked, with a pad token distinct from eos;
+    `model_name_or_path` and `revision` default to the policy's."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
@@ -42,7 +44,7 @@ def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
     quantization_config = get_quantization_config(model_args)
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    kwargs = dict(revision=model_args.model_revision, dtype=dtype,
+    kwargs = dict(revision=revision or model_args.model_revision, dtype=dtype,
                   trust_remote_code=getattr(training_args, "trust_remote_code", False))
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
@@ -87,15 +89,28 @@ def reference_model_path(model_args: ModelArguments, training_args, ref_model_na
     return model_args.model_name_or_path
 
 
-def load_reference_model(model_args: ModelArguments, training_args, tokenizer, policy, path: str | None):
-    """The frozen reference from `path` (None: no reference model), with as many embedding rows as the policy.
+def reference_revision(model_args: ModelArguments, ref_model_name_or_path: str | None,
+                       ref_model_revision: str | None) -> str:
+    """The revision of the reference: ref_model_revision; else the policy's own when the reference is the policy's
+    checkpoint; else main (another checkpoint's default, not the policy's revision)."""
+    if ref_model_revision:
+        return ref_model_revision
+    if not ref_model_name_or_path or ref_model_name_or_path == model_args.model_name_or_path:
+        return model_args.model_revision
+    return "main"
+
+
+def load_reference_model(model_args: ModelArguments, training_args, tokenizer, policy, path: str | None,
+                         revision: str | None = None):
+    """The frozen reference from `path` at `revision` (None: no reference model), with as many embedding rows as
+    the policy.
 
     load_model may have grown the policy's embeddings for a new pad token; loading the reference afterwards finds the
     pad token already there and would not resize, yet it sees the same padded batches.
     """
     if path is None:
         return None
-    ref = load_model(model_args, training_args, tokenizer, path)
+    ref = load_model(model_args, training_args, tokenizer, path, revision)
     rows = policy.get_input_embeddings().weight.shape[0]
     if ref.get_input_embeddings().weight.shape[0] != rows:
         ref.resize_token_embeddings(rows)

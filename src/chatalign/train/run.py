@@ -101,10 +101,10 @@ class RunArguments:
 
 # The keys that make two runs the same run: a run may be resumed with other max_steps, logging or evaluation
 # settings, but not on another model, other data, another seed or another loss.
-RUN_IDENTITY = ("model_name_or_path", "model_revision", "ref_model_name_or_path", "dataset_mixer", "dataset_splits",
-                "dataset_format", "dataset_filter", "dedup_column", "test_split_size", "max_samples", "chat_template",
-                "seed", "data_seed", "use_peft", "max_data_size", "preference_config", "preference_sampling",
-                "kto_variant", "loss_type", "beta")
+RUN_IDENTITY = ("model_name_or_path", "model_revision", "ref_model_name_or_path", "ref_model_revision", "dataset_mixer",
+                "dataset_splits", "dataset_format", "dataset_filter", "dedup_column", "test_split_size", "max_samples",
+                "chat_template", "seed", "data_seed", "use_peft", "max_data_size", "preference_config",
+                "preference_sampling", "kto_variant", "loss_type", "beta")
 
 
 def other_run(output_dir: str | Path, configs) -> str | None:

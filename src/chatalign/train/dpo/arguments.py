@@ -29,6 +29,11 @@ class DPOScriptArguments(RunArguments):
         default=None,
         metadata={"help": "Reference model (default: model_name_or_path; with PEFT the adapter-disabled model)."},
     )
+    ref_model_revision: str | None = field(
+        default=None,
+        metadata={"help": "Revision of ref_model_name_or_path (default: main; the policy's model_revision when the "
+                          "reference is the policy itself)."},
+    )
     max_data_size: int | None = field(
         default=None, metadata={"help": "Train on a seeded random subset of this many preference pairs."}
     )

@@ -26,6 +26,7 @@ from typing import Any
 from trl import DPOTrainer
 
 from chatalign.store import atomic_path, content_hash, pair_id
+from chatalign.train.models import reference_revision
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def reference_dependencies(model_args, training_args, script_args, tokenizer) -> dict[str, Any]:
     """Everything the reference log-probs depend on, in the order mismatches are reported."""
     name = script_args.ref_model_name_or_path or model_args.model_name_or_path
+    revision = reference_revision(model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision)
     mixed = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no"
     return {
-        **model_fingerprint(name, model_args.model_revision),
+        **model_fingerprint(name, revision),
         "dtype": str(model_args.dtype),
         "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
         "mixed_precision": mixed,
