@@ -12,9 +12,7 @@ from helpers.chat_stub import Stub, make_items
 from chatalign.generation.client import ChatClient, ChatRequestError, EndpointError, client_from_args
 from chatalign.generation.generate import generate
 from chatalign.generation.params import GenerationArguments, SamplingParams, item_seed, sample_seed
-from chatalign.generation.servers import (
-    free_port,
-)
+from chatalign.generation.servers import free_port
 
 HELLO = [{"role": "user", "content": "hello"}]
 

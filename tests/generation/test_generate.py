@@ -13,15 +13,11 @@ from helpers.chat_stub import Stub, make_items, read_jsonl
 
 from chatalign.data.templates import resolve_chat_template
 from chatalign.generation.client import ChatClient, ChatRequestError, EndpointError
+from chatalign.generation.engines import transformers_serve_command
 from chatalign.generation.generate import generate
 from chatalign.generation.local import generate_local
 from chatalign.generation.params import GenerationArguments, SamplingParams, item_seed
-from chatalign.generation.servers import (
-    LocalServer,
-    free_ports,
-    serve,
-    transformers_serve_command,
-)
+from chatalign.generation.servers import LocalServer, free_ports, serve
 
 
 @pytest.fixture(scope="module")

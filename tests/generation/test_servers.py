@@ -1,4 +1,5 @@
-"""chatalign.generation.servers: the launch command of each engine, and launched servers that fail."""
+"""chatalign.generation.engines and .servers: the launch command of each engine, launched servers that fail, and
+servers whose workers outlive them."""
 
 from __future__ import annotations
 
@@ -9,19 +10,15 @@ from pathlib import Path
 import pytest
 
 from chatalign.data.templates import resolve_chat_template, strip_generation_tags
-from chatalign.generation.params import GenerationArguments
-from chatalign.generation.servers import (
-    LocalServer,
-    ServerStartError,
-    build_servers,
+from chatalign.generation.engines import (
     checkpoint_with_chat_template,
-    free_port,
     select_engine,
-    serve,
     sglang_command,
     transformers_serve_command,
     vllm_command,
 )
+from chatalign.generation.params import GenerationArguments
+from chatalign.generation.servers import LocalServer, ServerStartError, build_servers, free_port, serve
 
 
 def test_vllm_command():
@@ -136,3 +133,34 @@ def test_serve_refuses_a_busy_port(tiny_model_dir):
         with pytest.raises(ServerStartError, match=f"port\\(s\\) \\[{port}\\]"):
             with serve(str(tiny_model_dir), args):
                 pass
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie left unreaped by this container's init counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_stop_ends_the_workers_of_a_server_whose_main_process_already_died(tmp_path):
+    # The "server" forks two long-lived workers into its group and exits at once, as a crashed vLLM leader would.
+    server = LocalServer(["bash", "-c", "sleep 300 & sleep 300 & exit 3"], free_port(), tmp_path / "server.log")
+    server.start()
+    server.process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while len(server.members()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = server.members()
+    assert len(workers) == 2 and all(process_alive(pid) for pid in workers)
+    other = LocalServer(["sleep", "300"], free_port(), tmp_path / "other.log")  # another server's process
+    other.start()
+    server.stop(grace=1)
+    deadline = time.monotonic() + 10
+    while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(process_alive(pid) for pid in workers)
+    assert other.is_running() and other.members() == [other.process.pid]  # only this server's mark was hit
+    other.stop(grace=1)
+    assert not other.is_running()

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
+from chatalign.generation.engines import LOOPBACK, TRANSFORMERS_SERVE_EXTRA_BODY
 from chatalign.generation.params import GenerationArguments, SamplingParams, sample_seed, truncate_at_stop
-from chatalign.generation.servers import LOOPBACK, TRANSFORMERS_SERVE_EXTRA_BODY, parse_ports
+from chatalign.generation.servers import parse_ports
 
 logger = logging.getLogger(__name__)
 

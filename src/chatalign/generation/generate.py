@@ -11,6 +11,7 @@ from typing import Any
 from chatalign.data.templates import resolve_chat_template
 from chatalign.data.tokenizers import load_tokenizer
 from chatalign.generation.client import ChatClient, client_from_args
+from chatalign.generation.engines import has_gpu, is_installed
 from chatalign.generation.local import encode_prompts, generate_local
 from chatalign.generation.params import (
     GenerationArguments,
@@ -20,7 +21,7 @@ from chatalign.generation.params import (
     item_seed,
     truncate_at_stop,
 )
-from chatalign.generation.servers import has_gpu, is_installed, serve
+from chatalign.generation.servers import serve
 from chatalign.store import ResumableJsonl
 
 logger = logging.getLogger(__name__)

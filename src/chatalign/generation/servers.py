@@ -1,27 +1,18 @@
-"""Local OpenAI-compatible servers for a checkpoint: the launch command of each engine, start, health check, shutdown.
+"""Local OpenAI-compatible servers for a checkpoint: start, health check, shutdown, one per port.
 
 `serve(model_path, gen_args)` launches one server per port (``gen_args.server_ports``, or one free port), waits until
 each answers its health check and yields their base URLs; on exit every server is stopped (SIGTERM to its process
-group, SIGKILL after a grace period). The engine is vLLM where it is installed and a GPU is present, else SGLang under
-the same conditions, else ``transformers serve`` (CPU works); ``gen_args.engine`` picks one explicitly.
-
-Each launch command is built by a pure function (`vllm_command`, `sglang_command`, `transformers_serve_command`) so the
-exact arguments are testable without the engine. Servers listen on 127.0.0.1 only. Their output goes to a log file;
-when a server does not come up, the error carries the tail of that log.
-
-Chat template: with ``gen_args.gen_chat_template`` set, vLLM gets ``--chat-template <file>`` and SGLang
-``--chat-template <file>`` (an SGLang JSON template is passed as is, anything else as a .jinja file).
-``transformers serve`` has no template flag and always renders with the tokenizer's own template (it loads the
-checkpoint's processor and calls ``apply_chat_template``), so it is given a shadow checkpoint: a folder of symlinks to
-the checkpoint's files with the requested template written as ``chat_template.jinja``. Stop strings are not a server
-setting in any engine: the client sends them with every request (see chatalign.generation.client).
+group, SIGKILL after a grace period, then SIGKILL to any process still carrying the server's mark). The engine and its
+launch command come from :mod:`chatalign.generation.engines`: vLLM where it is installed and a GPU is present, else
+SGLang under the same conditions, else ``transformers serve`` (CPU works); ``gen_args.engine`` picks one explicitly.
+Servers listen on 127.0.0.1 only. Their output goes to a log file; when a server does not come up, the error carries
+the tail of that log. Stop strings are not a server setting in any engine: the client sends them with every request
+(see chatalign.generation.client).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import logging
 import os
 import shlex
@@ -29,23 +20,31 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from chatalign.data.templates import resolve_chat_template, strip_generation_tags
+from chatalign.data.templates import resolve_chat_template
+from chatalign.generation.engines import (
+    LOOPBACK,
+    TRANSFORMERS_SERVE_EXTRA_BODY,
+    checkpoint_with_chat_template,
+    has_gpu,
+    is_installed,
+    select_engine,
+    sglang_command,
+    template_argument,
+    transformers_serve_command,
+    vllm_command,
+)
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
-ENGINES = ("vllm", "sglang", "transformers")
-
-# Files that carry a tokenizer's chat template; a shadow checkpoint replaces them (see checkpoint_with_chat_template).
-_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json", "additional_chat_templates")
+SERVER_TOKEN_ENV = "CHATALIGN_SERVER_TOKEN"
 
 
 class ServerStartError(RuntimeError):
@@ -56,86 +55,20 @@ class ServerStartError(RuntimeError):
 # Launch commands (pure functions)
 
 
-def vllm_command(model_path: str, port: int, served_model_name: str | None = None, tensor_parallel_size: int = 1,
-                 seed: int = 0, chat_template_file: str | None = None, host: str = LOOPBACK,
-                 extra_args: Sequence[str] = ()) -> list[str]:
-    """`vllm serve` for one checkpoint. vLLM's own per-request `seed` makes sampling reproducible per request."""
-    command = ["vllm", "serve", str(model_path),
-               "--served-model-name", served_model_name or str(model_path),
-               "--host", host, "--port", str(port),
-               "--tensor-parallel-size", str(tensor_parallel_size),
-               "--seed", str(seed)]
-    if chat_template_file:
-        command += ["--chat-template", str(chat_template_file)]
-    return command + list(extra_args)
 
 
-def sglang_command(model_path: str, port: int, served_model_name: str | None = None, tp_size: int = 1, seed: int = 0,
-                   chat_template: str | None = None, host: str = LOOPBACK, python: str | None = None,
-                   extra_args: Sequence[str] = ()) -> list[str]:
-    """SGLang's `launch_server`; `chat_template` is a built-in name, an SGLang JSON file or a .jinja file."""
-    command = [python or sys.executable, "-m", "sglang.launch_server",
-               "--model-path", str(model_path),
-               "--served-model-name", served_model_name or str(model_path),
-               "--host", host, "--port", str(port),
-               "--tp-size", str(tp_size),
-               "--random-seed", str(seed)]
-    if chat_template:
-        command += ["--chat-template", str(chat_template)]
-    return command + list(extra_args)
 
 
-def transformers_serve_command(model_path: str, port: int, host: str = LOOPBACK, device: str = "auto",
-                               dtype: str = "auto", seed: int | None = None, continuous_batching: bool = False,
-                               log_level: str = "info", python: str | None = None,
-                               extra_args: Sequence[str] = ()) -> list[str]:
-    """`transformers serve <model>`, the model preloaded (FORCE_MODEL): requests must name it (or no model).
-
-    Run as ``python -m transformers.cli.transformers`` so it is the interpreter's own transformers, not whatever
-    `transformers` is first on PATH. Continuous batching stays off by default: in transformers 5.24 it applies the
-    first request's generation config to every later request (temperature, max_tokens), see its
-    `init_cb` TODO. `--default-seed` only seeds the process; per-request `seed` reseeds torch before each request.
-    """
-    command = [python or sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_path),
-               "--host", host, "--port", str(port),
-               "--device", device, "--dtype", dtype,
-               "--log-level", log_level]
-    if seed is not None:
-        command += ["--default-seed", str(seed)]
-    command.append("--continuous-batching" if continuous_batching else "--no-continuous-batching")
-    return command + list(extra_args)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Engine choice and ports
 
 
-def is_installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
-def has_gpu() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
-def select_engine(requested: str = "auto", gpu: bool | None = None, installed: dict[str, bool] | None = None) -> str:
-    """vLLM where installed with a GPU, else SGLang where installed with a GPU, else `transformers serve`."""
-    if requested != "auto":
-        if requested not in ENGINES:
-            raise ValueError(f"unknown server engine '{requested}' (expected auto, {', '.join(ENGINES)})")
-        return requested
-    gpu = has_gpu() if gpu is None else gpu
-    if installed is None:
-        installed = {"vllm": is_installed("vllm"), "sglang": is_installed("sglang")}
-    if gpu and installed.get("vllm"):
-        return "vllm"
-    if gpu and installed.get("sglang"):
-        return "sglang"
-    return "transformers"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -194,6 +127,9 @@ class LocalServer:
         self.name = name
         self.health_url = f"http://{host}:{port}{health_path}"
         self.process: subprocess.Popen | None = None
+        # Every process of this server (the engine's workers too) inherits this mark in its environment, so stop()
+        # finds them even when the process that started them is gone and its group id may be another's.
+        self.token = uuid.uuid4().hex
 
     @property
     def url(self) -> str:
@@ -209,8 +145,9 @@ class LocalServer:
             log.flush()
             # A new session makes the server the leader of its own process group, so stop() also reaches the
             # workers vLLM and SGLang fork, and a Ctrl-C in the terminal is not delivered to it twice.
+            env = {**(self.env if self.env is not None else os.environ), SERVER_TOKEN_ENV: self.token}
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         logger.info("%s: started %s (pid %d, log %s)", self.name, self.url, self.process.pid, self.log_path)
 
     def is_running(self) -> bool:
@@ -257,21 +194,34 @@ class LocalServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL after `grace` seconds.
+    def members(self) -> list[int]:
+        """Live processes carrying this server's mark (Linux /proc; none found elsewhere)."""
+        mark = f"{SERVER_TOKEN_ENV}={self.token}".encode()
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+        return found
 
-        Only a group whose leader was still ours (not yet reaped) is signalled: once reaped, its id may be reused.
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the server's process group, SIGKILL after `grace` seconds, then SIGKILL to every process that
+        still carries the server's mark: workers that outlived the leader, also when the leader died before stop().
+
+        The group is only signalled while its leader is still ours (not yet reaped): once reaped, its id may be reused.
         """
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.process.wait(timeout=grace)
-        # Children that outlived the leader (vLLM and SGLang workers) get SIGKILL too.
-        self._signal_group(signal.SIGKILL)
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.process.wait(timeout=grace)
+        for pid in self.members():  # vLLM and SGLang workers whose leader is gone
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL to the server's process group at once, as a crash would."""
@@ -287,11 +237,6 @@ class LocalServer:
         self.wait_ready(timeout)
 
 
-# transformers serve (5.24) only turns sampling off per request (temperature 0), never on: without do_sample in the
-# checkpoint's generation_config.json it answers every request greedily. A request's "generation_config" replaces
-# the checkpoint's (unset fields still fall back to it), so this turns sampling on; top_k 0 drops transformers'
-# default top-k of 50, which OpenAI-style sampling does not have. temperature/top_p/seed still come per request.
-TRANSFORMERS_SERVE_EXTRA_BODY = {"generation_config": json.dumps({"do_sample": True, "top_k": 0})}
 
 
 class ServedEndpoints(list):
@@ -311,41 +256,8 @@ class ServedEndpoints(list):
 # Chat templates for the engines
 
 
-def checkpoint_with_chat_template(model_path: str | Path, template: str, out_dir: str | Path) -> Path:
-    """A shadow of the checkpoint folder `model_path` whose tokenizer carries `template`.
-
-    Every file is a symlink to the original except the chat template files: `chat_template.jinja` holds `template`
-    and `tokenizer_config.json` is a copy without its `chat_template` key. Used for `transformers serve`, which has
-    no chat-template flag.
-    """
-    model_path, out_dir = Path(model_path), Path(out_dir)
-    if not model_path.is_dir():
-        raise ValueError(f"gen_chat_template with transformers serve needs a local checkpoint folder; "
-                         f"'{model_path}' is not one (download it first, or use vLLM/SGLang)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for entry in model_path.iterdir():
-        if entry.name not in _TEMPLATE_FILES:
-            (out_dir / entry.name).symlink_to(entry.resolve())
-    config_path = model_path / "tokenizer_config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config.pop("chat_template", None)
-        (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False),
-                                                       encoding="utf-8")
-    (out_dir / "chat_template.jinja").write_text(template, encoding="utf-8")
-    return out_dir
 
 
-def _template_argument(spec: str, work_dir: Path, engine: str) -> str:
-    """The file to hand an engine's --chat-template: SGLang reads its own JSON format; everything else gets jinja."""
-    chat_template = resolve_chat_template(spec)
-    if engine == "sglang" and chat_template.path is not None and chat_template.path.suffix == ".json" \
-            and "chat_template" not in json.loads(chat_template.path.read_text(encoding="utf-8")):
-        return str(chat_template.path)
-    path = work_dir / "chat_template.jinja"
-    # Same rendering without {% generation %}, which only transformers' own jinja environment knows.
-    path.write_text(strip_generation_tags(chat_template.template), encoding="utf-8")
-    return str(path)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -384,7 +296,7 @@ def build_servers(model_path: str, gen_args, engine: str, ports: list[int], work
                                                             work_dir / "checkpoint"))
         # transformers serve names its model by the path it loaded; served_model_name cannot rename it.
         served_name = served_path
-    template_arg = _template_argument(template_spec, work_dir, engine) if template_spec and engine != "transformers" \
+    template_arg = template_argument(template_spec, work_dir, engine) if template_spec and engine != "transformers" \
         else None
     servers = []
     for index, port in enumerate(ports):
