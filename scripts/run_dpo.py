@@ -29,6 +29,7 @@ from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.dpo.arguments import DPOScriptArguments
 from chatalign.train.models import ModelArguments
+from chatalign.train.run import keep_secrets_out_of_files
 
 logger = logging.getLogger("run_dpo")
 
@@ -43,6 +44,7 @@ def main(argv=None):
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
+    keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
 
     from chatalign.train.dpo.arguments import check_dpo_arguments, reference_model_path
     from chatalign.train.dpo.reference import attach_ref_logps, open_ref_logps_file, reference_dependencies

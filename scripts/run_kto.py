@@ -20,6 +20,7 @@ from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.kto import KTOScriptArguments
 from chatalign.train.models import ModelArguments
+from chatalign.train.run import keep_secrets_out_of_files
 
 logger = logging.getLogger("run_kto")
 
@@ -36,6 +37,7 @@ def main(argv=None):
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
+    keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
     check_kto_arguments(script_args, training_args, data_args)
     nnpu = script_args.kto_variant == "nnpu"
 

@@ -20,6 +20,7 @@ import logging
 from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.models import ModelArguments
+from chatalign.train.run import keep_secrets_out_of_files
 from chatalign.train.sft import SFTScriptArguments
 
 logger = logging.getLogger("run_sft")
@@ -36,6 +37,7 @@ def main(argv=None):
     model_args, data_args, training_args, script_args = parser.parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
+    keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
 
     from trl import SFTTrainer
 

@@ -367,3 +367,20 @@ def test_mask_user_labels_false_trains_on_every_token(tmp_path, tiny_model_dir):
     masked, _ = tokenize_sft(Dataset.from_list([{"messages": [{"role": "user", "content": "hi"},
                                                               {"role": "assistant", "content": "hello"}]}]), tok, 64)
     assert IGNORE_INDEX in masked[0]["labels"]  # the default masks the user turn
+
+
+def test_no_secret_reaches_any_file_of_a_run(tmp_path, tiny_model_dir, monkeypatch):
+    """hub_token on the command line and keys in the environment: grep every file the run wrote, checkpoints and the
+    pickled training_args.bin included."""
+    monkeypatch.setenv("HF_TOKEN", "hf_placeholder")  # restored afterwards: the run moves its token here
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ENVSECRET-7781")
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-ENVSECRET-5512")
+    secret = "hf_CLISECRET_0042"
+    recipe = write_recipe(tmp_path, tiny_model_dir, max_steps=2, save_strategy="steps", save_steps=1)
+    monkeypatch.setattr("sys.argv", ["run_sft.py", recipe, f"--hub_token={secret}"])
+    trainer = load_script("run_sft").main([recipe, f"--hub_token={secret}"])
+    assert trainer.args.hub_token is None and os.environ["HF_TOKEN"] == secret  # huggingface_hub still finds it
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any("checkpoint-2" in str(p) for p in files)
+    for needle in (secret, "ENVSECRET"):
+        assert [str(p) for p in files if needle.encode() in p.read_bytes()] == []

@@ -157,6 +157,16 @@ def resolve_resume_checkpoint(training_args, configs=(), overwrite_output_dir: b
     return value
 
 
+def keep_secrets_out_of_files(training_args) -> None:
+    """The Trainer pickles its arguments into training_args.bin (in output_dir and every checkpoint, pushed to the hub
+    with them): a hub_token given in the recipe or on the command line moves to this process's HF_TOKEN, which
+    huggingface_hub reads when pushing, so no file of the run holds it."""
+    token = getattr(training_args, "hub_token", None)
+    if token:
+        os.environ["HF_TOKEN"] = token
+        training_args.hub_token = None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # train_data_ids.csv: which examples a run trained on (LION's file, read by the analysis scripts)
 
