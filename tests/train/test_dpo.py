@@ -521,10 +521,13 @@ def test_precompute_file_holds_trl_reference_logps(precomputed, tiny_model_dir, 
     trl_pass = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                           args=dpo_config(tmp_path, precompute_ref_log_probs=True, precompute_ref_batch_size=8),
                           train_dataset=dataset, processing_class=tokenizer).train_dataset
+    matched = 0
     for row in trl_pass:
         key = pair_id(row["prompt"], row["chosen"], row["rejected"])
         if key in data.logps:
             assert data.logps[key] == (row["ref_chosen_logps"], row["ref_rejected_logps"])
+            matched += 1
+    assert matched == len(data.logps) == 10  # every pair of the file was compared, none skipped by a key mismatch
 
 
 def test_precompute_skips_what_it_has_and_adds_what_is_missing(precompute, precomputed, tmp_path, monkeypatch):

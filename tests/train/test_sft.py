@@ -1,6 +1,7 @@
 """run_sft on the tiny model: training, masks, packing/padding-free exactness, overflow counts, resume, 2 processes."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -191,12 +192,29 @@ def test_packing_trains(tmp_path, tiny_model_dir):
     assert "seq_lengths" in trainer.train_dataset.column_names  # best-fit packing kept sequence boundaries
 
 
-def test_resample_each_epoch_trains_on_new_subsets(tmp_path, tiny_model_dir):
+def test_resample_each_epoch_trains_on_new_subsets(tmp_path, tiny_model_dir, monkeypatch):
+    from trl import SFTTrainer
+
+    seen: dict[int, list[int]] = {}  # epoch -> lengths of the sequences its batches held
+    original = SFTTrainer.training_step
+
+    def recording_step(self, model, inputs, *args, **kwargs):
+        starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist() + [inputs["position_ids"].shape[1]]
+        seen.setdefault(int(self.state.epoch), []).extend(b - a for a, b in zip(starts, starts[1:], strict=False))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", recording_step)
     recipe = write_recipe(tmp_path, tiny_model_dir, resample_each_epoch=True, max_steps=-1, num_train_epochs=2,
                           per_device_train_batch_size=16, padding_free=True)
     trainer = load_script("run_sft").main([recipe])
     dataset = trainer.train_dataset
     assert dataset.epoch == 1  # the callback moved it to the second epoch's draw
+    # Each epoch trained on exactly its own draw: the rendered lengths of the rows drawn for it.
+    for epoch in (0, 1):
+        drawn = [len(dataset.pool[int(i)]["input_ids"]) for i in dataset.epoch_indices(epoch)]
+        assert sorted(seen[epoch]) == sorted(drawn)
+    assert sorted(seen[0]) != sorted(seen[1])
+    assert dataset.counts_per_source(0) == dataset.counts_per_source(1)  # same sizes per source, other rows
     # padding-free hands TRL max_length=None; run_args.yaml still records the recipe's 128
     assert yaml.safe_load((tmp_path / "out/run_args.yaml").read_text())["args"]["max_length"] == 128
     assert not (dataset.epoch_indices(0) == dataset.epoch_indices(1)).all()
@@ -249,8 +267,13 @@ def test_two_processes_on_cpu(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((tmp_path / "out/trainer_state.json").read_text())
     assert state["global_step"] == 3
-    # 2 processes x 2 rows: each optimizer step saw 4 rows
-    assert state["train_batch_size"] == 2 and (tmp_path / "out/model.safetensors").is_file()
+    # 2 processes x 2 rows: each optimizer step saw 4 rows, so 3 steps cover 3 / ceil(ceil(N / 2) / 2) of an epoch
+    # (the distributed sampler gives each process ceil(N / 2) rows); one process would cover 3 / ceil(N / 2).
+    rows = len((tmp_path / "out/train_data_ids.csv").read_text().splitlines()) - 1
+    assert state["train_batch_size"] == 2 and rows > 20
+    assert state["epoch"] == pytest.approx(3 / math.ceil(math.ceil(rows / 2) / 2))
+    assert state["epoch"] != pytest.approx(3 / math.ceil(rows / 2))
+    assert (tmp_path / "out/model.safetensors").is_file()
     assert textwrap.dedent(proc.stdout).count("done:") == 1  # only the main process reports
 
 
