@@ -53,7 +53,7 @@ def main(argv=None):
     )
     from chatalign.train.dpo.selection import load_preference_data
     from chatalign.train.models import load_model, load_training_tokenizer, reference_revision
-    from chatalign.train.run import setup_logging
+    from chatalign.train.run import check_recipe, setup_logging
 
     # 1. Checks that need no data or model
     if not script_args.precompute_file_path:
@@ -62,6 +62,7 @@ def main(argv=None):
         raise ConfigError("precompute_ref_logprobs runs the reference through TRL's trainer, which refuses a quantized "
                           "model without an adapter; a QLoRA run keeps its reference online")
     check_dpo_arguments(training_args, data_args, script_args)
+    check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
     setup_logging(training_args)
     path = Path(script_args.precompute_file_path)
 

@@ -29,7 +29,7 @@ from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.dpo.arguments import DPOScriptArguments
 from chatalign.train.models import ModelArguments
-from chatalign.train.run import keep_secrets_out_of_files
+from chatalign.train.run import check_recipe, keep_secrets_out_of_files
 
 logger = logging.getLogger("run_dpo")
 
@@ -68,6 +68,7 @@ def main(argv=None):
 
     # 1. Logging, checks that need no data or model, and the resolved config
     check_dpo_arguments(training_args, data_args, script_args)
+    check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
     setup_logging(training_args)
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
     checkpoint = resolve_resume_checkpoint(training_args, configs, script_args.overwrite_output_dir)

@@ -20,7 +20,7 @@ from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.kto import KTOScriptArguments
 from chatalign.train.models import ModelArguments
-from chatalign.train.run import keep_secrets_out_of_files
+from chatalign.train.run import check_recipe, keep_secrets_out_of_files
 
 logger = logging.getLogger("run_kto")
 
@@ -39,6 +39,7 @@ def main(argv=None):
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
     keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
     check_kto_arguments(script_args, training_args, data_args)
+    check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
     nnpu = script_args.kto_variant == "nnpu"
 
     from chatalign.train.kto import ChatalignKTOTrainer, NNPUKTOTrainer, pair_real_generated, shuffle_rows

@@ -20,7 +20,7 @@ import logging
 from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.models import ModelArguments
-from chatalign.train.run import keep_secrets_out_of_files
+from chatalign.train.run import check_recipe, keep_secrets_out_of_files
 from chatalign.train.sft import SFTScriptArguments
 
 logger = logging.getLogger("run_sft")
@@ -58,6 +58,7 @@ def main(argv=None):
 
     # 1. Logging, checks that need no data, and the resolved config
     check_sft_arguments(training_args, data_args, script_args, parser.sources)
+    check_recipe(model_args, data_args)
     setup_logging(training_args)
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
     checkpoint = resolve_resume_checkpoint(training_args, configs, script_args.overwrite_output_dir)

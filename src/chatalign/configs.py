@@ -167,9 +167,11 @@ def load_recipe_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file '{path}' does not exist")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe file '{path}' is not valid YAML: {err}") from None
+    if content is None:  # an empty file, or only comments: running on defaults would reach for the hub
+        raise ConfigError(f"recipe file '{path}' is empty: it sets no key")
     if not isinstance(content, dict):
         raise ConfigError(f"recipe file '{path}' must hold a mapping of keys to values, not {type(content).__name__}")
     # A run_args.yaml written by a previous run can be given back as a recipe: its `args` block is the recipe.

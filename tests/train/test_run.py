@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from conftest import REPO, load_script
 
 from chatalign.configs import ConfigError, write_run_args
 from chatalign.data.arguments import DataArguments
@@ -46,13 +47,16 @@ def test_auto_insert_empty_system_msg(pref_and_sft_files, tok, template, inserte
     assert all(p[0]["role"] == "user" for p in load_mixture(off, "preference", 0, tok).train["prompt"])
 
 
-def parsed_sft(recipe_dir, output_dir, **keys):
-    from conftest import load_script
+A_DATA = str(REPO / "data/llama_factory_demo/alpaca_en_demo.json")
+B_DATA = str(REPO / "data/tora_math_code/examples.jsonl")
 
-    recipe = {"model_name_or_path": str(recipe_dir / "no-such-model"), "dataset_mixer": {"data/a.jsonl": 1.0},
+
+def parsed_sft(recipe_dir, output_dir, **keys):
+    recipe = {"model_name_or_path": str(recipe_dir / "model"), "dataset_mixer": {A_DATA: 1.0},
               "output_dir": str(output_dir), "use_cpu": True, "bf16": False, "activation_checkpointing": False, **keys}
     path = recipe_dir / f"recipe-{len(list(recipe_dir.glob('recipe-*')))}.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    (recipe_dir / "model").mkdir(exist_ok=True)  # exists: the checks below come before any model is read
     script = load_script("run_sft")
     return script, str(path), script.make_parser().parse([str(path)])
 
@@ -68,14 +72,14 @@ def test_another_runs_checkpoints_are_refused_moved_aside_or_resumed_only_by_the
     resumed = parsed_sft(tmp_path, out, resume_from_checkpoint="true")[2]
     assert resolve_resume_checkpoint(resumed[2], resumed) == str(out / "checkpoint-4")
 
-    script, recipe, other = parsed_sft(tmp_path, out, dataset_mixer={"data/b.jsonl": 1.0}, seed=3)
-    with pytest.raises(ConfigError, match=r"holds checkpoints of another run \(dataset_mixer: \{'data/a.jsonl': 1.0\} "
-                                          r"-> \{'data/b.jsonl': 1.0\}; seed: 42 -> 3\); use another output_dir, or set "
-                                          r"overwrite_output_dir: true"):
+    script, recipe, other = parsed_sft(tmp_path, out, dataset_mixer={B_DATA: 1.0}, seed=3)
+    with pytest.raises(ConfigError, match=r"holds checkpoints of another run \(dataset_mixer: \{'.*alpaca_en_demo.json': "
+                                          r"1.0\} -> \{'.*examples.jsonl': 1.0\}; seed: 42 -> 3\); use another "
+                                          r"output_dir, or set overwrite_output_dir: true"):
         resolve_resume_checkpoint(other[2], other)
     with pytest.raises(ConfigError, match="holds checkpoints of another run"):  # the script says so before loading
         script.main([recipe])
-    _, _, other_resumed = parsed_sft(tmp_path, out, dataset_mixer={"data/b.jsonl": 1.0}, resume_from_checkpoint="true",
+    _, _, other_resumed = parsed_sft(tmp_path, out, dataset_mixer={B_DATA: 1.0}, resume_from_checkpoint="true",
                                      overwrite_output_dir=True)
     with pytest.raises(ConfigError, match="resuming would continue that run, not this one"):
         resolve_resume_checkpoint(other_resumed[2], other_resumed, overwrite_output_dir=True)

@@ -85,10 +85,7 @@ def mix_datasets(
     - group_column: rows sharing a value of this column (the real and generated rows of a self-play prompt_id) are
       selected, carved off and capped together: fractions, sizes and max_samples count groups, not rows.
     """
-    sources = parse_mixer(dataset_mixer)
-    for source in sources:  # fail on a mistyped path before spending minutes loading the sources before it
-        if looks_like_path(source.name) and not Path(source.name).expanduser().exists():
-            raise FileNotFoundError(f"dataset '{source.name}': no such file or folder")
+    sources = check_mixer(dataset_mixer)
     routes = _route_per_source(splits, sources, test_split_size)
     carve = _parse_test_split_size(test_split_size)
     _check_positive("max_samples", max_samples)
@@ -148,6 +145,20 @@ def mix_datasets(
         _record_final(mixed[kind], pool_stats[kind], tokenizer)
     train, test = (mixed[k].materialize(0) if mixed[k] is not None else None for k in (TRAIN, TEST))
     return MixedData(train, test, stats, mixed[TRAIN] if resample_each_epoch else None)
+
+
+def check_mixer(dataset_mixer: Mapping[str, Any]) -> list[SourceSpec]:
+    """The mixer's sources, validated before anything is loaded: specs, mistyped local paths (not taken for hub
+    ids), and a mix that would draw nothing at all."""
+    sources = parse_mixer(dataset_mixer)
+    for source in sources:  # fail on a mistyped path before spending minutes loading the sources before it
+        if looks_like_path(source.name) and not Path(source.name).expanduser().exists():
+            raise FileNotFoundError(f"dataset '{source.name}': no such file or folder")
+    if all(s.sample.fraction == 0 or s.sample.size == 0 for s in sources):
+        weights = ", ".join(f"'{s.name}': {s.sample.size if s.sample.size is not None else s.sample.fraction:g}"
+                            for s in sources)
+        raise ValueError(f"dataset_mixer draws no row from any source ({weights}): give a source a weight above 0")
+    return sources
 
 
 def _route_per_source(splits: Sequence[str] | Mapping[str, Sequence[str]], sources: list[SourceSpec],

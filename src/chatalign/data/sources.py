@@ -6,6 +6,7 @@ a file sits in; a source whose names carry no split is one ``train`` split.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -62,12 +63,14 @@ def local_splits(spec: str) -> list[str]:
 
 
 def looks_like_path(spec: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else that does not exist is a mistyped path, not a hub id.
+    # Hub ids are "name" or "org/name"; anything else that does not exist is a mistyped path, not a hub id. So is
+    # "data/name" when a local folder "data" exists: a hub organisation does not sit in the working directory.
     return (
         spec.startswith((".", "/", "~"))
         or Path(spec).suffix.lower() in FILE_BUILDERS
         or spec.count("/") > 1
         or "\\" in spec
+        or ("/" in spec and Path(spec.split("/")[0]).expanduser().is_dir())
     )
 
 
@@ -154,6 +157,30 @@ def _resolve_split(requested: str, available: list[str], spec: str) -> str:
     )
 
 
+def _bad_json_line(data_files: list[str]) -> str | None:
+    """Where a JSON reader failed: the first file and line that do not parse (datasets' own error names neither)."""
+    for name in data_files:
+        path = Path(name)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix.lower() == ".jsonl":
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    torn = " (a torn last line?)" if number == len(text.splitlines()) else ""
+                    return f"file {path} line {number} is not valid JSON{torn}: {err.msg} at column {err.colno}"
+                if not isinstance(row, dict):
+                    return f"file {path} line {number}: expected a JSON object (one row), got {type(row).__name__}"
+        else:
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as err:
+                return f"file {path} line {err.lineno} is not valid JSON: {err.msg} at column {err.colno}"
+    return None
+
+
 def _read_files(files: list[Path], spec: str) -> datasets.Dataset:
     by_builder: dict[str, list[str]] = {}
     for file in files:
@@ -163,7 +190,9 @@ def _read_files(files: list[Path], spec: str) -> datasets.Dataset:
         try:
             parts.append(datasets.load_dataset(builder, data_files=data_files, split="train"))
         except Exception as err:  # noqa: BLE001 -- any reader error: say which files, keep the cause chained
-            raise ValueError(f"dataset '{spec}': could not read {', '.join(data_files)}: {err}") from err
+            where = _bad_json_line(data_files) if builder == "json" else None
+            detail = where or f"could not read {', '.join(data_files)}: {err}"
+            raise ValueError(f"dataset '{spec}': {detail}") from err
     if len(parts) == 1:
         return parts[0]
     try:

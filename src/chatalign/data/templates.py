@@ -18,6 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import jinja2.ext
+
 # The top-level chat_templates/ folder is the single source of the shipped templates. A regular (non-editable) install
 # has no checkout to read it from, so setup.py copies it into the package at build time; an editable install and a
 # plain checkout read the folder itself (src/chatalign/data/templates.py -> <checkout>/chat_templates/).
@@ -128,6 +131,37 @@ def _shipped_name_by_text() -> dict[str, str]:
 
 
 def resolve_chat_template(spec: str | os.PathLike) -> ChatTemplate:
+    """Turn a template spec into a :class:`ChatTemplate` whose jinja parses (a syntax error names the file and line
+    here, not at the first rendering). See :func:`_find_template` for what a spec may be."""
+    chat_template = _find_template(spec)
+    where = f"file '{chat_template.path}'" if chat_template.path else "given as a string"
+    check_template_syntax(chat_template.template, where)
+    return chat_template
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """transformers' {% generation %}...{% endgeneration %} tag, enough to parse a template that uses it."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+_PARSER = jinja2.Environment(extensions=[_GenerationTag, "jinja2.ext.loopcontrols"])
+
+
+def check_template_syntax(template: str, where: str = "(literal string)") -> None:
+    """Parse the template as transformers renders it (jinja2, loop controls, generation tags); ValueError naming
+    `where` and the line of a syntax error."""
+    try:
+        _PARSER.parse(template)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"chat template {where}, line {err.lineno}: {err.message}") from None
+
+
+def _find_template(spec: str | os.PathLike) -> ChatTemplate:
     """Turn a template spec into a :class:`ChatTemplate`.
 
     ``spec`` is, in this order of precedence:

@@ -19,8 +19,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from chatalign.configs import RUN_ARGS_FILE, ConfigError, read_run_args, resolved_args, write_run_args
-from chatalign.data.mixer import mix_datasets
+from chatalign.data.mixer import check_mixer, mix_datasets
 from chatalign.data.rendering import empty_system_message_inserter, template_renders_system
+from chatalign.data.sources import looks_like_path
 from chatalign.data.stats import format_stats_table
 from chatalign.data.templates import infer_stop_strings
 from chatalign.data.tokenizers import set_stop_tokens
@@ -48,6 +49,20 @@ def count_summary(counter: Counter) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items())) or "none"
 
 
+def check_recipe(model_args, data_args, ref_model_name_or_path: str | None = None) -> None:
+    """What every training run needs, checked before anything is read or downloaded: a model and a reference that
+    exist (a missing local path is not looked up on the hub) and a mixer that draws rows."""
+    for key, name in (("model_name_or_path", model_args.model_name_or_path),
+                      ("ref_model_name_or_path", ref_model_name_or_path)):
+        if key == "model_name_or_path" and not name:
+            raise ConfigError("the recipe names no model: set model_name_or_path (a checkpoint folder or a hub id)")
+        if name and looks_like_path(name) and not Path(name).expanduser().exists():
+            raise ConfigError(f"{key} '{name}': no such checkpoint folder")
+    if not data_args.dataset_mixer:
+        raise ConfigError("the recipe has no dataset_mixer: name at least one dataset source")
+    check_mixer(data_args.dataset_mixer)
+
+
 def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_columns=(), group_column: str | None = None):
     """The recipe's dataset mixture normalised to `schema`, with its stats table logged (printed when asked);
     `group_column` selects whole groups of rows (see chatalign.data.mixer.mix_datasets)."""
@@ -68,7 +83,9 @@ def load_mixture(data_args, schema: str, seed: int, tokenizer=None, extra_column
     else:
         logger.info("dataset mixture:\n%s", table)
     if mixture.train is None or len(mixture.train) == 0:
-        raise ValueError(f"the mixture has no training rows (splits {data_args.dataset_splits})")
+        per_source = "; ".join(f"'{r.source}' [{r.split}]: {r.available} rows, {r.valid} valid, {r.final} drawn"
+                               for r in mixture.stats.rows if r.split.startswith("train"))
+        raise ValueError(f"the mixture has no training rows (splits {data_args.dataset_splits}): {per_source}")
     return mixture
 
 
