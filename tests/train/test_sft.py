@@ -98,8 +98,12 @@ def test_lora_sft_saves_an_adapter(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
-def test_4bit_on_cpu_fails_before_loading(tmp_path, tiny_model_dir):
-    recipe = write_recipe(tmp_path, tmp_path / "no-such-model", load_in_4bit=True)
+def test_4bit_on_cpu_fails_before_loading(tmp_path, tiny_model_dir, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    recipe = write_recipe(tmp_path, tiny_model_dir, load_in_4bit=True)
     with pytest.raises(ValueError, match="--load_in_4bit needs a CUDA GPU"):
         load_script("run_sft").main([recipe])
 
