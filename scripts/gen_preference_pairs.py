@@ -9,8 +9,8 @@
     start one per shard, which then join over gloo)
 
 Judges (`--judge`, see chatalign.judges): reward_model:<path> (a sequence-classification reward model), pairrm:<path>
-(a pair classifier, ranked by tournament wins), llm:<local path | url | model@url | model> (a 1-10 rating per
-response, "Rating: [[7]]"). Generation goes through chatalign.generation (`--backend`, `--base_url`, ...).
+(llm-blender's PairRM, e.g. a local copy of llm-blender/PairRM-hf, ranked by tournament wins), llm:<local path | url |
+model@url | model> (a 1-10 rating per response, "Rating: [[7]]"). Generation goes through chatalign.generation (`--backend`, `--base_url`, ...).
 
 Ranking: chosen = first sample with the highest score, rejected = first with the lowest; prompts whose samples are
 all identical, with fewer than 2 scored samples or with all scores tied are dropped; unparseable judgments and empty

@@ -1,4 +1,5 @@
-"""chatalign.judges.models: reward models, pair classifiers and LLM judges (in process, over HTTP, real server)."""
+"""chatalign.judges.models and .pairrm: reward models, llm-blender's PairRM, LLM judges (in process, over HTTP, a real
+server), and judges whose head did not load."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from chatalign.generation.params import GenerationArguments
 from chatalign.judges.cache import JudgmentCache, cached_scores
 from chatalign.judges.loading import JudgeArguments, load_judge
 from chatalign.judges.models import LLMJudge, RewardModelJudge
-from chatalign.judges.prompts import PAIR_TEXT_TEMPLATE, SINGLE_SYSTEM_PROMPT
+from chatalign.judges.prompts import SINGLE_SYSTEM_PROMPT
 from chatalign.judges.tournament import tournament_wins
 from chatalign.synth.pairs import DROP_TOO_FEW, rank_prompts
 
@@ -61,20 +63,86 @@ def test_two_label_reward_model_and_bad_label_count(tmp_path, tiny_tokenizer):
         RewardModelJudge(str(three)).score_batch([(PROMPT, "Kiwi.")])
 
 
-def test_pair_classifier_gives_the_probability_of_the_first(reward_model_dir):
-    judge = load_judge(f"pairrm:{reward_model_dir}")
-    assert (judge.pointwise, judge.pairwise) == (False, True)
-    out = judge.compare_batch([(PROMPT, "Apple.", "A car."), (PROMPT, "A car.", "Apple.")])
-    text = PAIR_TEXT_TEMPLATE.format(conversation="User: Name a fruit.", a="Apple.", b="A car.")
-    logit = direct_logits(reward_model_dir, [text], add_special_tokens=True)[0][0]
-    assert out[0].value == pytest.approx(1 / (1 + math.exp(-logit)), abs=1e-6)
-    assert all(0.0 < j.value < 1.0 for j in out)
+def build_tiny_pairrm(out_dir: Path, tokenizer, seed: int = 0, head: bool = True) -> Path:
+    """A 2-layer DeBERTa-v2 PairRM (hidden 32) with the session tokenizer plus PairRM's prefix tokens, saved."""
+    import copy
+
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    from chatalign.judges.pairrm import CANDIDATE1_PREFIX, CANDIDATE2_PREFIX, SOURCE_PREFIX, DebertaV2PairRM
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": [SOURCE_PREFIX, CANDIDATE1_PREFIX, CANDIDATE2_PREFIX]})
+    torch.manual_seed(seed)
+    config = DebertaV2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                             n_tasks=1, drop_out=0.05, source_prefix_id=tok.convert_tokens_to_ids(SOURCE_PREFIX),
+                             cand1_prefix_id=tok.convert_tokens_to_ids(CANDIDATE1_PREFIX),
+                             cand2_prefix_id=tok.convert_tokens_to_ids(CANDIDATE2_PREFIX))
+    (DebertaV2PairRM(config) if head else DebertaV2Model(config)).save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def pairrm_reference_logit(model_dir, source, a, b, source_max=1224, candidate_max=412):
+    """PairRM as the llm-blender/PairRM-hf model card computes it: its tokenize_pair, then the head over the
+    encodings at the three prefix tokens."""
+    from transformers import AutoTokenizer
+
+    from chatalign.judges.pairrm import DebertaV2PairRM
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = DebertaV2PairRM.from_pretrained(model_dir).eval()
+    source_ids = tok.encode("<|source|>" + source, max_length=source_max, truncation=True)
+    each = (source_max + 2 * candidate_max - len(source_ids)) // 2
+    ids = (source_ids + tok.encode("<|candidate1|>" + a, max_length=each, truncation=True)
+           + tok.encode("<|candidate2|>" + b, max_length=each, truncation=True))
+    with torch.no_grad():
+        hidden = model.pretrained_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        at = {name: hidden[ids.index(tok.convert_tokens_to_ids(name))]
+              for name in ("<|source|>", "<|candidate1|>", "<|candidate2|>")}
+        left = model.head_layer(torch.cat([at["<|source|>"], at["<|candidate1|>"]]))
+        right = model.head_layer(torch.cat([at["<|source|>"], at["<|candidate2|>"]]))
+    return (left - right).mean().item(), len(ids)
+
+
+def test_pairrm_is_llm_blenders_pairwise_comparison(tmp_path, tiny_tokenizer):
+    from chatalign.judges.pairrm import load_pairrm, pairrm_logits
+
+    model_dir = build_tiny_pairrm(tmp_path / "pairrm", tiny_tokenizer)
+    judge = load_judge(f"pairrm:{model_dir}")
+    assert (judge.pointwise, judge.pairwise) == (False, True) and judge.model is None
+    out = judge.compare_batch([(PROMPT, "Apple.", "A car."), (PROMPT, "A car.", "Apple."),
+                               (PROMPT, "A pear, sweet and grown on trees.", "Fig")])  # one padded batch
+    for judgment, (a, b) in zip(out, [("Apple.", "A car."), ("A car.", "Apple."),
+                                      ("A pear, sweet and grown on trees.", "Fig")], strict=True):
+        logit, _ = pairrm_reference_logit(model_dir, "Name a fruit.", a, b)
+        assert judgment.value == pytest.approx(1 / (1 + math.exp(-logit)), abs=1e-5)
+    assert out[0].value != pytest.approx(out[1].value)  # an ordered comparison
+    # the model card's cut: the source to its maximum, each candidate to half of what is left
+    model, tok = load_pairrm(str(model_dir))
+    long = "word " * 80
+    logit, length = pairrm_reference_logit(model_dir, long, long, "short", source_max=30, candidate_max=10)
+    assert length == 30 + (50 - 30) // 2 + len(tok.encode("<|candidate2|>short"))
+    ours = pairrm_logits(model, tok, [long], [long], ["short"], source_max_length=30, candidate_max_length=10)
+    assert ours == [pytest.approx(logit, abs=1e-5)]
     # and it ranks through the tournament: scores are the wins its probabilities give
     texts = ["Apple.", "A car.", "Pear"]
     probs = {(a, b): judge.compare_batch([(PROMPT, a, b)])[0].value for a in texts for b in texts if a != b}
     ranking = rank_prompts([(PROMPT, texts, None)], judge, None)[0]
     assert ranking.scores == tournament_wins(texts, lambda a, b: probs[(a, b)])[0]
     assert sum(ranking.scores) == 3.0 and ranking.unparseable == 0
+
+
+def test_a_judge_whose_head_did_not_load_is_an_error(tmp_path, tiny_tokenizer, tiny_model_dir, reward_model_dir):
+    no_head = build_tiny_pairrm(tmp_path / "encoder_only", tiny_tokenizer, head=False)
+    with pytest.raises(ValueError, match=r"judge pairrm:.*encoder_only: \d+ weights did not load .*head_layer"):
+        load_judge(f"pairrm:{no_head}").compare_batch([(PROMPT, "a", "b")])
+    with pytest.raises(ValueError, match=r"judge pairrm:.*: its config.json has no n_tasks, drop_out"):
+        load_judge(f"pairrm:{reward_model_dir}").compare_batch([(PROMPT, "a", "b")])  # no PairRM at all
+    # a causal LM loaded as a reward model gets a fresh, untrained score head: an error, not random scores
+    with pytest.raises(ValueError, match=r"\['score.weight'\] did not load: it has no trained score head"):
+        load_judge(f"reward_model:{tiny_model_dir}").score_batch([(PROMPT, "a")])
 
 
 def test_llm_judge_over_a_callable():

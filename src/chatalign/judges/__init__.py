@@ -3,11 +3,11 @@ tournament that turns pairwise comparisons into scores.
 
 Judge specs (`--judge` of gen_preference_pairs.py, `--judge_model` of judge_dataset.py):
 
-    reward_model:<path>   any AutoModelForSequenceClassification checkpoint; score = the logit (num_labels 1), or
-                          logit[1] - logit[0] (num_labels 2). Pointwise. Alias: rm:<path>
-    pairrm:<path>         a sequence-classification model reading the pair text (PAIR_TEXT_TEMPLATE, PairRM's
-                          <|source|>/<|candidate1|>/<|candidate2|> layout) and giving P(candidate 1 is better):
-                          sigmoid(logit) (num_labels 1) or softmax(logits)[1] (num_labels 2). Pairwise.
+    reward_model:<path>   an AutoModelForSequenceClassification checkpoint with a trained score head (one whose head
+                          did not load is an error); score = the logit (num_labels 1), or logit[1] - logit[0]
+                          (num_labels 2). Pointwise. Alias: rm:<path>
+    pairrm:<path>         llm-blender's PairRM (llm-blender/PairRM-hf), comparing the two candidates side by side:
+                          P(candidate 1 is better) = sigmoid(logit). Pairwise. See chatalign.judges.pairrm.
     llm:<target>          an LLM asked with the prompts below: a 1-10 rating per response ("Rating: [[7]]"), or a
                           verdict per pair ("[[A]]" / "[[B]]" / "[[C]]" for a tie). Pointwise and pairwise. target:
                             a local checkpoint folder     -> generated in process (greedy, transformers)

@@ -13,7 +13,7 @@ from chatalign.generation.client import client_from_args, is_loopback
 from chatalign.generation.params import GenerationArguments
 from chatalign.judges.models import (
     LLMJudge,
-    PairClassifierJudge,
+    PairRMJudge,
     RewardModelJudge,
     client_completer,
     local_completer,
@@ -88,7 +88,7 @@ def load_judge(spec: str | JudgeSpec, args: JudgeArguments | None = None, gen_ar
     if spec.kind in ("reward_model", "pairrm"):
         if not Path(spec.target).expanduser().exists():
             raise FileNotFoundError(f"judge '{spec}': no such checkpoint folder '{spec.target}'")
-        cls = RewardModelJudge if spec.kind == "reward_model" else PairClassifierJudge
+        cls = RewardModelJudge if spec.kind == "reward_model" else PairRMJudge
         return cls(spec.target, batch_size=args.judge_batch_size, max_length=args.judge_max_length)
     where, location, model = resolve_llm_target(spec.target, args.judge_base_url)
     if where == "local":

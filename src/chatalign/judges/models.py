@@ -14,7 +14,6 @@ from chatalign.generation.params import SamplingParams
 from chatalign.judges.cache import Judgment
 from chatalign.judges.prompts import (
     PAIR_SYSTEM_PROMPT,
-    PAIR_TEXT_TEMPLATE,
     PAIR_USER_TEMPLATE,
     SINGLE_SYSTEM_PROMPT,
     SINGLE_USER_TEMPLATE,
@@ -71,12 +70,15 @@ class _SequenceClassifier:
 
         self.tokenizer = load_tokenizer(self.path, padding_side="right")
         self.tokenizer.truncation_side = "left"
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path)
+        self.model, info = AutoModelForSequenceClassification.from_pretrained(self.path, output_loading_info=True)
+        if info["missing_keys"]:  # e.g. a causal LM's folder: its score head would be random numbers
+            raise ValueError(f"judge model '{self.path}': {sorted(info['missing_keys'])[:3]} did not load: it has no "
+                             "trained score head, so its scores would be random; give a reward model checkpoint")
         if self.model.config.pad_token_id is None:  # batches of more than one row need it to find each last token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if self.model.config.num_labels not in (1, 2):
             raise ValueError(f"judge model '{self.path}' has num_labels={self.model.config.num_labels}; a reward "
-                             "model or pair classifier needs 1 (a score) or 2 (label 1 = better)")
+                             "model needs 1 (a score) or 2 (label 1 = better)")
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
     def logits(self, texts: list[str], add_special_tokens: bool) -> list[list[float]]:
@@ -119,30 +121,33 @@ class RewardModelJudge:
         return [Judgment(row[0] if len(row) == 1 else row[1] - row[0]) for row in logits]
 
 
-class PairClassifierJudge:
-    """Pairwise: a sequence-classification model reads PAIR_TEXT_TEMPLATE and gives P(candidate 1 is better)."""
+class PairRMJudge:
+    """Pairwise: llm-blender's PairRM (chatalign.judges.pairrm) compares two candidates side by side;
+    P(candidate 1 is better) = sigmoid(its logit). The source it reads is a lone user message's text, else the
+    conversation as the LLM judge reads it."""
 
     pointwise, pairwise = False, True
 
-    def __init__(self, path: str, batch_size: int = 8, max_length: int = 2048):
+    def __init__(self, path: str, batch_size: int = 8, max_length: int | None = None):
         self.name = f"pairrm:{Path(path).expanduser().resolve()}"
-        self.classifier = _SequenceClassifier(str(Path(path).expanduser()), batch_size, max_length)
+        self.path, self.batch_size = str(Path(path).expanduser()), batch_size
+        self.model = self.tokenizer = None
         self.chunk_size = batch_size * 4
 
     def compare_batch(self, requests):
-        texts = [PAIR_TEXT_TEMPLATE.format(conversation=render_conversation(p), a=a, b=b) for p, a, b in requests]
-        logits = self.classifier.logits(texts, add_special_tokens=True)
-        return [Judgment(_sigmoid(row[0]) if len(row) == 1 else _softmax_last(row)) for row in logits]
+        from chatalign.judges.pairrm import load_pairrm, pairrm_logits
+
+        if self.model is None:
+            self.model, self.tokenizer = load_pairrm(self.path)
+        sources = [p[0]["content"] if len(p) == 1 and p[0]["role"] == "user" else render_conversation(p)
+                   for p, _, _ in requests]
+        logits = pairrm_logits(self.model, self.tokenizer, sources, [a for _, a, _ in requests],
+                               [b for _, _, b in requests], self.batch_size)
+        return [Judgment(_sigmoid(logit)) for logit in logits]
 
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def _softmax_last(row: list[float]) -> float:
-    top = max(row)
-    exps = [math.exp(v - top) for v in row]
-    return exps[-1] / sum(exps)
 
 
 class LLMJudge:

@@ -28,8 +28,6 @@ PAIR_USER_TEMPLATE = (
     "[Conversation]\n{conversation}\n\n[Reply A]\n{a}\n[End of reply A]\n\n[Reply B]\n{b}\n[End of reply B]"
 )
 RATING_RANGE = (1.0, 10.0)
-# The input layout of PairRM (llm-blender), which a fine-tuned pair classifier is expected to have been trained on.
-PAIR_TEXT_TEMPLATE = "<|source|> {conversation} <|candidate1|> {a} <|candidate2|> {b}"
 
 _ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 _RATING_BRACKETS = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
