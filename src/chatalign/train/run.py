@@ -135,7 +135,7 @@ def other_run(output_dir: str | Path, configs) -> str | None:
     return "; ".join(diffs) or None
 
 
-def resolve_resume_checkpoint(training_args, configs=(), overwrite_output_dir: bool = False) -> str | None:
+def resolve_resume_checkpoint(training_args, configs, overwrite_output_dir: bool = False) -> str | None:
     """The checkpoint to resume from: `--resume_from_checkpoint=true` means the newest in output_dir; none there means
     a fresh start. An output_dir whose checkpoints belong to another run (its run_args.yaml disagrees on a key of
     RUN_IDENTITY) is refused, or with overwrite_output_dir has them moved aside; it is never resumed from."""
