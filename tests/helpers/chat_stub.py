@@ -31,8 +31,11 @@ class Stub:
     """An OpenAI-compatible stub on 127.0.0.1: `script` is a list of (status, delay_s) for successive chat requests
     (then 200 at once). Every choice's content is "seed=<seed> n=<i>" unless `content` is set."""
 
-    def __init__(self, script=(), content=None, honour_n=True, reject_n=False):
+    def __init__(self, script=(), content=None, honour_n=True, reject_n=False, logprobs=None):
+        """`content` may be a callable of the request body; `logprobs(body, content)` gives a choice's logprobs
+        content ([{"token", "logprob", "bytes", "top_logprobs": [...]}]) when the request asks for them."""
         self.script = list(script)
+        self.logprobs = logprobs
         self.content = content
         self.honour_n = honour_n
         self.reject_n = reject_n
@@ -79,10 +82,13 @@ class Stub:
                     self._reply(400, {"error": {"message": "n > 1 is not supported", "type": "invalid_request"}})
                     return
                 count = n if stub.honour_n else 1
+                content = stub.content(body) if callable(stub.content) else stub.content
                 choices = [{"index": i, "finish_reason": "stop",
-                            "message": {"role": "assistant",
-                                        "content": stub.content or f"seed={body.get('seed')} n={i}"}}
+                            "message": {"role": "assistant", "content": content or f"seed={body.get('seed')} n={i}"}}
                            for i in range(count)]
+                if body.get("logprobs") and stub.logprobs is not None:
+                    for choice in choices:
+                        choice["logprobs"] = {"content": stub.logprobs(body, choice["message"]["content"])}
                 self._reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                   "choices": choices})
 

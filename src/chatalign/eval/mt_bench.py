@@ -186,6 +186,34 @@ def single_matches(questions: list[dict], models: Iterable[str], answers: Mappin
     return matches
 
 
+def pair_matches(questions: list[dict], model: str, baseline: str, answers: Mapping[str, Mapping[Any, dict]],
+                 prompts: Mapping[str, dict], references: Mapping[Any, dict] | None) -> list[dict]:
+    """Every game pair of FastChat's pairwise-baseline mode, in its order (model_1 the model, model_2 the baseline),
+    each with the judge's messages for both orders: g1 shows model_1 as A, g2 shows model_2 as A."""
+    matches = []
+    for key in ("default", "math", "default-mt", "math-mt"):
+        name, with_reference, multi_turn = PAIR_JUDGES[key]
+        for question in questions:
+            if (question["category"] in NEED_REF_CATS) != with_reference:
+                continue
+            if multi_turn and len(question["turns"]) != 2:
+                continue
+            reference = _reference_for(question, references) if with_reference else None
+            first, second = answers[model][question["question_id"]], answers[baseline][question["question_id"]]
+            matches.append({"question": question, "model_1": model, "model_2": baseline,
+                            "turn": 2 if multi_turn else 1, "judge_prompt": name,
+                            "g1_messages": pair_prompt(prompts[name], question, first, second, reference, multi_turn),
+                            "g2_messages": pair_prompt(prompts[name], question, second, first, reference, multi_turn)})
+    return matches
+
+
+def pair_winners(g1_judgment: str | None, g2_judgment: str | None, output_format: str = "[[A]]") -> tuple[str, str]:
+    """FastChat's (g1_winner, g2_winner): each game's A/B mapped back to model_1/model_2 (tie and error kept)."""
+    g1 = parse_pair_winner(g1_judgment, output_format)
+    g2 = parse_pair_winner(g2_judgment, output_format)
+    return ({"A": "model_1", "B": "model_2"}.get(g1, g1), {"A": "model_2", "B": "model_1"}.get(g2, g2))
+
+
 def _reference_for(question: dict, references: Mapping[Any, dict] | None) -> dict:
     if references is None or question["question_id"] not in references:
         raise ValueError(f"question {question['question_id']} ({question['category']}) is judged against a reference "

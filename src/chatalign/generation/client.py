@@ -13,7 +13,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from chatalign.generation.engines import LOOPBACK, TRANSFORMERS_SERVE_EXTRA_BODY
-from chatalign.generation.params import GenerationArguments, SamplingParams, sample_seed, truncate_at_stop
+from chatalign.generation.params import (
+    Completion,
+    GenerationArguments,
+    SamplingParams,
+    sample_seed,
+    truncate_at_stop,
+)
 from chatalign.generation.servers import parse_ports
 
 logger = logging.getLogger(__name__)
@@ -100,6 +106,7 @@ class ChatClient:
         self._turn = itertools.count()
         self._slots = threading.BoundedSemaphore(self.parallel)
         self._n_supported: bool | None = None
+        self.served_models: set[str] = set()  # the model ids the endpoints said they answered with
 
     def __repr__(self) -> str:
         return f"ChatClient({self.base_urls!r}, model={self.model!r}, parallel={self.parallel})"
@@ -124,8 +131,13 @@ class ChatClient:
     def _send(self, url: str, body: dict) -> list[str]:
         """One HTTP request; the choices' texts in index order. (Tests wrap this to watch traffic.)"""
         response = self._client(url).chat.completions.create(**body)
+        if getattr(response, "model", None):
+            with self._lock:
+                self.served_models.add(response.model)
         choices = sorted(response.choices, key=lambda choice: choice.index)
-        return [choice.message.content or "" for choice in choices]
+        if not body.get("logprobs"):
+            return [choice.message.content or "" for choice in choices]
+        return [Completion.of(choice.message.content or "", _token_logprobs(choice)) for choice in choices]
 
     def _next_url(self) -> str:
         return self.base_urls[next(self._turn) % len(self.base_urls)]
@@ -139,6 +151,8 @@ class ChatClient:
             body["n"] = n
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.top_logprobs:
+            body["logprobs"], body["top_logprobs"] = True, params.top_logprobs
         if self.extra_body:
             body["extra_body"] = self.extra_body  # server-specific fields, merged into the JSON by the SDK
         return body
@@ -169,7 +183,8 @@ class ChatClient:
             try:
                 with self._slots:
                     texts = self._send(url, body)
-                return [truncate_at_stop(text, params.stop) for text in texts]
+                return [Completion.of(truncate_at_stop(text, params.stop), text.logprobs)
+                        if isinstance(text, Completion) else truncate_at_stop(text, params.stop) for text in texts]
             except Exception as err:
                 retryable, status, reason = self._classify(err)
                 if self._api_key:  # some servers echo the key they rejected
@@ -312,6 +327,14 @@ class ChatClient:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+
+def _token_logprobs(choice) -> list[tuple[str, dict[str, float]]] | None:
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if content is None:
+        return None
+    return [(t.token, {alt.token: alt.logprob for alt in (t.top_logprobs or [])} or {t.token: t.logprob})
+            for t in content]
 
 
 def endpoint_urls(gen_args: GenerationArguments) -> list[str]:

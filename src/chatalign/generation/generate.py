@@ -46,7 +46,7 @@ def generate(model: str, items: Iterable[dict], params: SamplingParams, gen_args
     if len(items) - len(todo):
         logger.info("%s: %d of %d items already done", output_file, len(items) - len(todo), len(items))
     backend = resolve_backend(gen_args)
-    meta = {"model": model, "backend": backend, "params": asdict(params)}
+    meta = {"model": model, "backend": backend, "params": params_record(params)}
     if todo:
         run = BACKENDS.get(backend)
         if run is None:
@@ -66,7 +66,7 @@ def generate(model: str, items: Iterable[dict], params: SamplingParams, gen_args
 def _check_same_generator(store: ResumableJsonl, items: list[dict], model: str, params: SamplingParams,
                           output_file) -> None:
     """Resuming into a file written by another model or other sampling settings would mix two runs: refuse."""
-    wanted = {"model": model, "params": asdict(params)}
+    wanted = {"model": model, "params": params_record(params)}
     for item in items:
         row = store.get(item["id"])
         if row is None or "generator" not in row:
@@ -77,6 +77,15 @@ def _check_same_generator(store: ResumableJsonl, items: list[dict], model: str, 
                 raise ValueError(f"{output_file}: item {item['id']!r} was generated with {key} {done[key]!r}, this "
                                  f"run asks for {wanted[key]!r}; use another output file or remove it to start over")
         return  # rows of one file come from one run: checking the first done item is enough
+
+
+def params_record(params: SamplingParams) -> dict:
+    """The sampling settings a generation file records (top_logprobs only where asked for: files written before it
+    existed stay resumable)."""
+    record = asdict(params)
+    if not record.get("top_logprobs"):
+        record.pop("top_logprobs", None)
+    return record
 
 
 def resolve_backend(gen_args: GenerationArguments) -> str:

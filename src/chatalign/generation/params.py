@@ -17,6 +17,20 @@ class SamplingParams:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int = 0
+    top_logprobs: int = 0  # > 0: ask for this many alternatives per token (Completion.logprobs)
+
+
+class Completion(str):
+    """A completion's text that also carries the server's per-token logprobs, [(token, {alternative: logprob})],
+    where they were asked for (SamplingParams.top_logprobs): a str, so every caller of texts keeps working."""
+
+    logprobs: list[tuple[str, dict[str, float]]] | None = None
+
+    @classmethod
+    def of(cls, text: str, logprobs) -> Completion:
+        completion = cls(text)
+        completion.logprobs = logprobs
+        return completion
 
 
 def item_seed(seed: int, item_id: Any) -> int:
