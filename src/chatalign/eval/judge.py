@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +49,9 @@ EXPECTED_COMPLETION_TOKENS = 300  # a judge's explanation and verdict; max_token
 class EvalJudgeArguments:
     """Recipe/CLI keys of the judge of run_mt_bench, run_alpaca_eval and run_arena_hard."""
 
-    judge_model: str = field(default="gpt-4", metadata={"help": "An OpenAI model, a model at judge_base_url, or a "
-                                                                "local checkpoint folder served for the run."})
+    judge_model: str | None = field(default=None, metadata={
+        "help": "An OpenAI model, a model at judge_base_url, or a local checkpoint folder served for the run (default: "
+                "the benchmark's official judge)."})
     judge_base_url: str | None = field(default=None, metadata={"help": f"OpenAI-compatible endpoint (default "
                                                                        f"{OPENAI_URL})."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Variable holding the judge's key."})
@@ -66,6 +67,26 @@ class EvalJudgeArguments:
     judge_top_logprobs: int = field(default=20, metadata={"help": "Alternatives per token asked of an HTTP judge "
                                                                   "with judge_scoring=logprobs."})
     y: bool = field(default=False, metadata={"help": "Make the paid calls without asking."})
+
+
+def with_default_judge(args: EvalJudgeArguments, model: str) -> EvalJudgeArguments:
+    """`args` with the benchmark's official judge where none was given."""
+    return args if args.judge_model else replace(args, judge_model=model)
+
+
+@dataclass(frozen=True)
+class JudgeCall:
+    """How one batch of judgments is asked for; all of it is part of each judgment's cache key.
+
+    rating: also the distribution over 1-10 at the judge's "[[" (MT-Bench with judge_scoring=logprobs).
+    first_token: also the logprobs of these first tokens (AlpacaEval's logprob-weighted annotators).
+    """
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_logprobs: int = 0
+    rating: bool = False
+    first_token: tuple[str, ...] | None = None
 
 
 def estimate(requests: Sequence[Sequence[dict]], model: str, max_tokens: int,
@@ -90,15 +111,18 @@ class EvalJudge:
 
     def __init__(self, args: EvalJudgeArguments, cache_path: str | Path, gen_args: GenerationArguments | None = None,
                  confirm: Callable[[str], str] = input):
+        if not args.judge_model:
+            raise ValueError("no judge_model given")
         self.args = args
         # with judge_base_url the model is what that server serves, even where its name is a folder here
         self.local_checkpoint = not args.judge_base_url and Path(args.judge_model).expanduser().is_dir()
         self.url = None if self.local_checkpoint else (args.judge_base_url or OPENAI_URL)
         self.cache = ResumableJsonl(cache_path, key="key")
         self.gen_args = gen_args or GenerationArguments()
-        self.sampling = {"temperature": 0.0, "max_tokens": args.judge_max_tokens}
-        if args.judge_scoring == "logprobs":
-            self.sampling["scoring"] = "logprobs"  # a logprob-scored judgment is another judgment (its own key)
+        rating = args.judge_scoring == "logprobs"
+        self.default_call = JudgeCall(max_tokens=args.judge_max_tokens, rating=rating,
+                                      top_logprobs=args.judge_top_logprobs if rating else 0)
+        self.calls_used: set[JudgeCall] = set()
         self.confirm = confirm
         self.paid = 0
         self.model_ids: set[str] = {r["model_id"] for r in self.cache.rows() if r.get("model_id")}
@@ -116,27 +140,31 @@ class EvalJudge:
         """The name in result file names (a hub id's "/" would make a folder)."""
         return self.name.replace("/", "_")
 
-    def in_process(self) -> bool:
-        """A local checkpoint judge scored by logprobs runs in process: `transformers serve` returns no logprobs."""
-        if not (self.local_checkpoint and self.args.judge_scoring == "logprobs"):
+    def in_process(self, call: JudgeCall) -> bool:
+        """A local checkpoint judge asked for logprobs runs in process: `transformers serve` returns none."""
+        if not (self.local_checkpoint and (call.rating or call.first_token)):
             return False
         from chatalign.generation.engines import has_gpu, is_installed, select_engine
 
         engine = select_engine(self.args.judge_engine, has_gpu(), {e: is_installed(e) for e in ("vllm", "sglang")})
         return engine == "transformers"
 
-    def key(self, messages: Sequence[dict]) -> str:
-        """store.judgment_key of (judge, the sampling settings as the kind, the full messages)."""
-        return judgment_key(self.args.judge_model, f"chat:{content_hash(self.sampling)[:16]}", messages)
+    def key(self, messages: Sequence[dict], call: JudgeCall | None = None) -> str:
+        """store.judgment_key of (judge, how it was asked as the kind, the full messages)."""
+        return judgment_key(self.args.judge_model, f"chat:{content_hash(asdict(call or self.default_call))[:16]}",
+                            messages)
 
     def paid_endpoint(self) -> bool:
         return not self.local_checkpoint and not is_loopback(self.url)
 
-    def judge(self, requests: Sequence[Sequence[dict]], progress: bool = True) -> list[dict | None]:
-        """The judgment of every request, {"output": text, "rating_probs": {rating: p} with logprob scoring} (None
-        where the call failed for good: not cached, asked again by the next run), asking only for what the cache
-        lacks, after the estimate and confirmation."""
-        keys = [self.key(r) for r in requests]
+    def judge(self, requests: Sequence[Sequence[dict]], progress: bool = True,
+              call: JudgeCall | None = None) -> list[dict | None]:
+        """The judgment of every request: {"output": text}, plus "rating_probs" ({rating: p}) or
+        "first_token_logprobs" ({token: logprob}) as `call` asks (None where the call failed for good: not cached,
+        asked again by the next run), asking only for what the cache lacks, after the estimate and confirmation."""
+        call = call or self.default_call
+        self.calls_used.add(call)
+        keys = [self.key(r, call) for r in requests]
         todo = {}
         for key, request in zip(keys, requests, strict=True):
             if key not in self.cache and key not in todo:
@@ -145,16 +173,16 @@ class EvalJudge:
             if self.paid_endpoint() and not os.environ.get(self.args.judge_api_key_env):
                 raise ValueError(f"judge {self.args.judge_model} at {self.url}: ${self.args.judge_api_key_env} is not "
                                  f"set, and {len(todo)} judgments are not in the cache {self.cache.path}")
-            self._confirm(list(todo.values()))
-            if self.in_process():
-                self._rate_in_process(todo, progress)
+            self._confirm(list(todo.values()), call)
+            if self.in_process(call):
+                self._rate_in_process(todo, progress, call)
             else:
                 with self._client() as client:
-                    self._ask(client, todo, progress)
+                    self._ask(client, todo, progress, call)
         return [self.cache.get(k) for k in keys]
 
-    def _confirm(self, requests: list[Sequence[dict]]) -> None:
-        plan = estimate(requests, self.args.judge_model, self.args.judge_max_tokens, self.args.price_per_mtok)
+    def _confirm(self, requests: list[Sequence[dict]], call: JudgeCall) -> None:
+        plan = estimate(requests, self.args.judge_model, call.max_tokens, self.args.price_per_mtok)
         cost = (f"${plan['cost_usd']:.2f} (at most ${plan['cost_usd_at_most']:.2f}; {plan['price_source']})"
                 if "cost_usd" in plan else "unknown (no list price for this model; give --price_per_mtok)")
         where = self.args.judge_model if self.local_checkpoint else f"{self.args.judge_model} at {self.url}"
@@ -192,11 +220,11 @@ class EvalJudge:
             finally:
                 client.close()
 
-    def _ask(self, client: ChatClient, todo: dict[str, Sequence[dict]], progress: bool) -> None:
+    def _ask(self, client: ChatClient, todo: dict[str, Sequence[dict]], progress: bool, call: JudgeCall) -> None:
         from tqdm.auto import tqdm
 
-        logprobs = self.args.judge_top_logprobs if self.args.judge_scoring == "logprobs" else 0
-        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.args.judge_max_tokens, top_logprobs=logprobs)
+        params = SamplingParams(n=1, temperature=call.temperature, max_tokens=call.max_tokens,
+                                top_logprobs=call.top_logprobs)
         client.check_reachable()  # an unreachable judge is named before any work is sent to it
         bar = tqdm(total=len(todo), desc=f"judge {self.name}", disable=not progress)
         try:
@@ -205,8 +233,12 @@ class EvalJudge:
                     continue  # nothing came back: not cached, asked again by the next run
                 output = completions[0]
                 row = {"output": str(output)}
-                if logprobs:
+                if call.rating:
                     row["rating_probs"] = self._http_rating(client, todo[key], output, params)
+                if call.first_token:
+                    if not getattr(output, "logprobs", None):
+                        raise ValueError(self._no_logprobs("its answer had none"))
+                    row["first_token_logprobs"] = output.logprobs[0][1]
                 model_id = next(iter(client.served_models), None) if len(client.served_models) == 1 else None
                 self._record(key, row, model_id)
                 bar.update(1)
@@ -240,7 +272,7 @@ class EvalJudge:
             probs = probs_from_top_logprobs(again, again.logprobs or [])
         return probs
 
-    def _rate_in_process(self, todo: dict[str, Sequence[dict]], progress: bool) -> None:
+    def _rate_in_process(self, todo: dict[str, Sequence[dict]], progress: bool, call: JudgeCall) -> None:
         from tqdm.auto import tqdm
 
         from chatalign.eval.rating_logprobs import InProcessRater
@@ -251,9 +283,15 @@ class EvalJudge:
         bar = tqdm(total=len(items), desc=f"judge {self.name} (in process)", disable=not progress)
         for start in range(0, len(items), step):  # each batch cached as it finishes
             chunk = items[start:start + step]
-            rated = rater.rate([list(m) for _, m in chunk], self.args.judge_max_tokens)
-            for (key, _), (text, probs) in zip(chunk, rated, strict=True):
-                self._record(key, {"output": text, "rating_probs": probs}, self.args.judge_model)
+            conversations = [list(m) for _, m in chunk]
+            if call.first_token:
+                rows = [{"output": max(logprobs, key=logprobs.get), "first_token_logprobs": logprobs}
+                        for logprobs in rater.choice_logprobs(conversations, list(call.first_token))]
+            else:
+                rows = [{"output": text, "rating_probs": probs}
+                        for text, probs in rater.rate(conversations, call.max_tokens)]
+            for (key, _), row in zip(chunk, rows, strict=True):
+                self._record(key, row, self.args.judge_model)
             bar.update(len(chunk))
         bar.close()
         self.model_ids.add(self.args.judge_model)
@@ -268,5 +306,6 @@ class EvalJudge:
         prompt version and the date."""
         return {"judge": self.args.judge_model, "judge_model_id": sorted(self.model_ids) or None,
                 "judge_endpoint": "local checkpoint" if self.local_checkpoint else self.url,
-                "prompt_version": prompt_version, "sampling": self.sampling, "scoring": self.args.judge_scoring,
+                "prompt_version": prompt_version, "scoring": self.args.judge_scoring,
+                "sampling": [asdict(c) for c in sorted(self.calls_used or {self.default_call}, key=str)],
                 "date": datetime.date.today().isoformat()}

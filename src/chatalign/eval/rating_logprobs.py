@@ -96,12 +96,25 @@ class InProcessRater:
             out.append((text, self._continuation_probs(ids, prefix)))
         return out
 
+    def choice_logprobs(self, conversations: list[list[dict]], choices: list[str]) -> list[dict[str, float]]:
+        """log P(choice | the judge's prompt) of every choice, as the first words of its answer (AlpacaEval's "m" or
+        "M"), per conversation: exact, whatever the tokenizer does with them."""
+        from chatalign.generation.local import encode_prompts
+
+        return [dict(zip(choices, self._continuation_logprobs(ids, "", choices), strict=True))
+                for ids in encode_prompts(self.tokenizer, conversations)]
+
     def _continuation_probs(self, prompt_ids: list[int], prefix: str) -> dict[str, float] | None:
-        """P("r]]" | prompt, prefix) for every rating r, renormalised: ten rows scored in one forward pass."""
+        """P("r]]" | prompt, prefix) for every rating r, renormalised."""
+        logprobs = self._continuation_logprobs(prompt_ids, prefix, [f"{r}]]" for r in RATINGS])
+        return normalised({r: math.exp(lp) for r, lp in zip(RATINGS, logprobs, strict=True)})
+
+    def _continuation_logprobs(self, prompt_ids: list[int], prefix: str, texts: list[str]) -> list[float]:
+        """log P(text | prompt, prefix) for every text: all rows scored in one forward pass."""
         import torch
 
         base = prompt_ids + self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        endings = [self._ending_ids(prefix, f"{r}]]") for r in RATINGS]
+        endings = [self._ending_ids(prefix, text) for text in texts]
         width = len(base) + max(len(e) for e in endings)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(endings), width), pad, dtype=torch.long)
@@ -113,17 +126,16 @@ class InProcessRater:
         with torch.no_grad():
             logits = self.model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
         logprobs = logits.log_softmax(-1).cpu()
-        mass = {}
-        for row, (rating, ending) in enumerate(zip(RATINGS, endings, strict=True)):
+        out = []
+        for row, ending in enumerate(endings):
             positions = range(len(base) - 1, len(base) - 1 + len(ending))
-            mass[rating] = math.exp(sum(logprobs[row, pos, tok].item() for pos, tok in zip(positions, ending,
-                                                                                           strict=True)))
-        return normalised(mass)
+            out.append(sum(logprobs[row, pos, tok].item() for pos, tok in zip(positions, ending, strict=True)))
+        return out
 
     def _ending_ids(self, prefix: str, ending: str) -> list[int]:
         """The tokens `ending` adds after `prefix` (tokenised together, so merges across the seam are the judge's)."""
         whole = self.tokenizer(prefix + ending, add_special_tokens=False)["input_ids"]
-        alone = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        alone = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
         if whole[:len(alone)] == alone:
             return whole[len(alone):]
         return self.tokenizer(ending, add_special_tokens=False)["input_ids"]
