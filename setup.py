@@ -39,7 +39,8 @@ EXTRAS = {
 
 
 # Shipped files whose single source is a top-level folder of the checkout -> where a regular install carries a copy.
-SHIPPED = {"chat_templates": "chatalign/data/chat_templates", "data/mt_bench": "chatalign/eval/mt_bench_data"}
+SHIPPED = {"chat_templates": "chatalign/data/chat_templates", "data/mt_bench": "chatalign/eval/mt_bench_data",
+           "data/arena_hard": "chatalign/eval/arena_hard_data"}
 
 
 class BuildPyWithShippedData(build_py):

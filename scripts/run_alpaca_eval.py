@@ -57,7 +57,8 @@ def main(argv=None, confirm=input):
         eval_set, reference = eval_set[:args.first_n], reference[:args.first_n]
     alpaca.check_same_instructions(eval_set, reference, args.reference_outputs or eval_source)
     wandb_run = wandb_run_of(args.model_path) if out_args.to_wandb else None
-    judge_args = with_default_judge(judge_args, config["completions_kwargs"]["model_name"])  # the config's judge
+    kwargs = config["completions_kwargs"]  # the config's judge and max_tokens
+    judge_args = with_default_judge(judge_args, kwargs["model_name"], int(kwargs.get("max_tokens", 2048)))
     judge = EvalJudge(judge_args, Path(args.output_dir) / ".work" / "judgments.jsonl", gen_args, confirm=confirm)
 
     # 2. Per run: outputs (generated, or read with --judge_only), annotations, alpaca_eval's metrics

@@ -60,7 +60,7 @@ def main(argv=None, confirm=input):
                              f"({question['category']}), which is judged against one")
     baseline = baseline_answers(args, questions) if args.mode == "pairwise-baseline" else None
     wandb_run = wandb_run_of(args.model_path) if out_args.to_wandb else None
-    judge_args = with_default_judge(judge_args, "gpt-4")  # FastChat's judge
+    judge_args = with_default_judge(judge_args, "gpt-4", 2048)  # FastChat's judge and max_tokens
     judge = EvalJudge(judge_args, Path(args.bench_dir) / ".work" / "judgments.jsonl", gen_args, confirm=confirm)
 
     # 2. Per run: answers (generated, or read with --judge_only), then judgments, then FastChat's scores

@@ -118,13 +118,14 @@ def test_tests_mirror_the_packages():
 
 def test_regular_install_resolves_shipped_templates_by_name(tmp_path, tiny_tokenizer_dir):
     """`pip install .` (not -e) in a fresh venv, then a shipped template by name, rendered by a tokenizer, and the
-    shipped MT-Bench data."""
+    shipped MT-Bench and Arena-Hard data."""
     source = tmp_path / "checkout"
     source.mkdir()
     for name in ("setup.py", "README.md", "MANIFEST.in"):
         shutil.copy2(REPO / name, source / name)
     shutil.copytree(REPO / "chat_templates", source / "chat_templates")
-    shutil.copytree(REPO / "data" / "mt_bench", source / "data" / "mt_bench")
+    for shipped in ("mt_bench", "arena_hard"):
+        shutil.copytree(REPO / "data" / shipped, source / "data" / shipped)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -145,8 +146,10 @@ def test_regular_install_resolves_shipped_templates_by_name(tmp_path, tiny_token
         f"tok = load_tokenizer({str(tiny_tokenizer_dir)!r}, chat_template='zephyr')\n"
         "text = tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], tokenize=False, add_generation_prompt=True)\n"
         "from chatalign.eval.mt_bench import MT_BENCH_DIR, load_questions\n"
+        "from chatalign.eval import arena_hard\n"
         "print(json.dumps({'package': chatalign.__file__, 'templates': str(TEMPLATE_DIR), 'names': list_templates(),\n"
-        "                  'text': text, 'mt_bench': str(MT_BENCH_DIR), 'questions': len(load_questions())}))\n"
+        "                  'text': text, 'mt_bench': str(MT_BENCH_DIR), 'questions': len(load_questions()),\n"
+        "                  'arena_hard': str(arena_hard.DATA_DIR), 'v2': len(arena_hard.load_questions('arena-hard-v2.0'))}))\n"
     )
     run = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
@@ -155,6 +158,7 @@ def test_regular_install_resolves_shipped_templates_by_name(tmp_path, tiny_token
     assert result["package"].startswith(str(venv)) and result["templates"].startswith(str(venv))
     assert result["names"] == sorted(p.stem for p in (REPO / "chat_templates").glob("*.jinja"))
     assert result["mt_bench"].startswith(str(venv)) and result["questions"] == 80  # the shipped MT-Bench data too
+    assert result["arena_hard"].startswith(str(venv)) and result["v2"] == 750  # and Arena-Hard's
     checkout = load_tokenizer(str(tiny_tokenizer_dir), chat_template="zephyr")
     expected = checkout.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
                                             add_generation_prompt=True)

@@ -74,7 +74,7 @@ def test_another_judge_or_sampling_is_another_judgment(served_tiny_judge, tmp_pa
 
 def test_a_paid_judge_without_its_key_fails_before_any_call(tmp_path, monkeypatch):
     monkeypatch.delenv("CHATALIGN_TEST_JUDGE_KEY", raising=False)
-    args = EvalJudgeArguments(judge_model="gpt-4", judge_api_key_env="CHATALIGN_TEST_JUDGE_KEY")
+    args = EvalJudgeArguments(judge_model="gpt-4", judge_max_tokens=8, judge_api_key_env="CHATALIGN_TEST_JUDGE_KEY")
     judge = EvalJudge(args, tmp_path / "j.jsonl", confirm=lambda _: pytest.fail("asked before the key check"))
     with pytest.raises(ValueError, match=r"gpt-4 at https://api.openai.com/v1: \$CHATALIGN_TEST_JUDGE_KEY is not set"):
         judge.judge(REQUESTS, progress=False)
@@ -84,7 +84,7 @@ def test_a_paid_judge_without_its_key_fails_before_any_call(tmp_path, monkeypatc
 def test_paid_calls_are_estimated_and_confirmed_first(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CHATALIGN_TEST_JUDGE_KEY", "not-a-real-key")
     questions = []
-    args = EvalJudgeArguments(judge_model="gpt-4o-mini", judge_base_url="http://judge.invalid/v1",
+    args = EvalJudgeArguments(judge_model="gpt-4o-mini", judge_base_url="http://judge.invalid/v1", judge_max_tokens=8,
                               judge_api_key_env="CHATALIGN_TEST_JUDGE_KEY")
     judge = EvalJudge(args, tmp_path / "j.jsonl", confirm=lambda q: questions.append(q) or "n")
     with pytest.raises(SystemExit, match="no judge call made"):

@@ -104,6 +104,10 @@ FILES = [
      ValueError, [r"a.jsonl': file .*a.jsonl line 2 is not valid JSON"]),
     ("jsonl torn last line", mix(lambda d: {write(d, "b.jsonl", f'{LINE}\n{LINE[:25]}'): 1.0}), ValueError,
      [r"line 2 is not valid JSON \(a torn last line\?\)"]),
+    # U+2028 inside a JSON string is no line break of JSONL: the bad line is still line 3
+    ("jsonl bad line after a U+2028", mix(lambda d: {write(d, "u.jsonl", json.dumps(
+        {"messages": [{"role": "user", "content": "a\u2028b"}, GOOD[1]]}, ensure_ascii=False)
+        + f'\n{LINE}\n{{"messages": [}}\n'): 1.0}), ValueError, [r"u.jsonl line 3 is not valid JSON"]),
     ("json list syntax", mix(lambda d: {write(d, "c.json", f'[{LINE},\n{LINE}\n{LINE}]'): 1.0}), ValueError,
      [r"c.json line 3 is not valid JSON"]),
     ("jsonl line not an object", mix(lambda d: {write(d, "d.jsonl", f'{LINE}\n[1, 2]\n'): 1.0}), ValueError,

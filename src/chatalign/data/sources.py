@@ -163,13 +163,14 @@ def _bad_json_line(data_files: list[str]) -> str | None:
         path = Path(name)
         text = path.read_text(encoding="utf-8", errors="replace")
         if path.suffix.lower() == ".jsonl":
-            for number, line in enumerate(text.splitlines(), 1):
+            lines = text.rstrip("\n").split("\n")  # not splitlines(): JSON strings may hold U+2028 and friends
+            for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    torn = " (a torn last line?)" if number == len(text.splitlines()) else ""
+                    torn = " (a torn last line?)" if number == len(lines) else ""
                     return f"file {path} line {number} is not valid JSON{torn}: {err.msg} at column {err.colno}"
                 if not isinstance(row, dict):
                     return f"file {path} line {number}: expected a JSON object (one row), got {type(row).__name__}"

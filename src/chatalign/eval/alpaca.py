@@ -67,7 +67,7 @@ def load_outputs(path: str | Path, need_output: bool = True) -> list[dict]:
         raise FileNotFoundError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
     try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines()
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.split("\n")
                                                                        if line.strip()]
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON or JSONL ({err})") from None

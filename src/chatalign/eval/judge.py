@@ -56,7 +56,8 @@ class EvalJudgeArguments:
                                                                        f"{OPENAI_URL})."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Variable holding the judge's key."})
     judge_parallel: int = field(default=8, metadata={"help": "Judge requests in flight at once."})
-    judge_max_tokens: int = field(default=2048, metadata={"help": "Tokens a judge may write per verdict."})
+    judge_max_tokens: int | None = field(default=None, metadata={
+        "help": "Tokens a judge may write per verdict (default: the benchmark's, e.g. FastChat's 2048)."})
     judge_engine: Literal["auto", "vllm", "sglang", "transformers"] = field(
         default="auto", metadata={"help": "Engine serving a local checkpoint judge."})
     price_per_mtok: str | None = field(default=None, metadata={"help": "USD per million prompt,completion tokens "
@@ -69,9 +70,9 @@ class EvalJudgeArguments:
     y: bool = field(default=False, metadata={"help": "Make the paid calls without asking."})
 
 
-def with_default_judge(args: EvalJudgeArguments, model: str) -> EvalJudgeArguments:
-    """`args` with the benchmark's official judge where none was given."""
-    return args if args.judge_model else replace(args, judge_model=model)
+def with_default_judge(args: EvalJudgeArguments, model: str, max_tokens: int) -> EvalJudgeArguments:
+    """`args` with the benchmark's official judge and verdict length where none were given."""
+    return replace(args, judge_model=args.judge_model or model, judge_max_tokens=args.judge_max_tokens or max_tokens)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ class EvalJudge:
 
     def __init__(self, args: EvalJudgeArguments, cache_path: str | Path, gen_args: GenerationArguments | None = None,
                  confirm: Callable[[str], str] = input):
-        if not args.judge_model:
-            raise ValueError("no judge_model given")
+        if not args.judge_model or not args.judge_max_tokens:
+            raise ValueError("the judge needs judge_model and judge_max_tokens (with_default_judge gives defaults)")
         self.args = args
         # with judge_base_url the model is what that server serves, even where its name is a folder here
         self.local_checkpoint = not args.judge_base_url and Path(args.judge_model).expanduser().is_dir()
