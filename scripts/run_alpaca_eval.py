@@ -17,6 +17,7 @@ cached after a first download) and is reported missing where it cannot be comput
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from chatalign.configs import ChatalignParser
@@ -46,7 +47,11 @@ def main(argv=None, confirm=input):
 
     # 1. The annotator, the eval set and the reference outputs, checked before anything is generated or paid for
     config, config_path = alpaca.annotator_config(args.annotators_config)
-    if args.reference_outputs:  # another baseline: the instructions are the eval set's, or the reference's own
+    if args.reference_model_path:  # another checkpoint's outputs, generated below, are the baseline
+        eval_set, eval_source = (alpaca.load_outputs(args.eval_set_path, need_output=False), args.eval_set_path) \
+            if args.eval_set_path else alpaca.load_eval_set(None)
+        reference = None
+    elif args.reference_outputs:  # another baseline: the instructions are the eval set's, or the reference's own
         reference = alpaca.load_outputs(args.reference_outputs)
         eval_set = alpaca.load_outputs(args.eval_set_path, need_output=False) if args.eval_set_path else reference
         eval_source = args.eval_set_path or args.reference_outputs
@@ -54,14 +59,23 @@ def main(argv=None, confirm=input):
         eval_set, eval_source = alpaca.load_eval_set(args.eval_set_path)
         reference = eval_set
     if args.first_n:
-        eval_set, reference = eval_set[:args.first_n], reference[:args.first_n]
-    alpaca.check_same_instructions(eval_set, reference, args.reference_outputs or eval_source)
+        eval_set = eval_set[:args.first_n]
+        reference = reference[:args.first_n] if reference else None
+    if reference is not None:
+        alpaca.check_same_instructions(eval_set, reference, args.reference_outputs or eval_source)
     wandb_run = wandb_run_of(args.model_path) if out_args.to_wandb else None
     kwargs = config["completions_kwargs"]  # the config's judge and max_tokens
     judge_args = with_default_judge(judge_args, kwargs["model_name"], int(kwargs.get("max_tokens", 2048)))
     judge = EvalJudge(judge_args, Path(args.output_dir) / ".work" / "judgments.jsonl", gen_args, confirm=confirm)
 
-    # 2. Per run: outputs (generated, or read with --judge_only), annotations, alpaca_eval's metrics
+    # 2. The reference checkpoint's outputs where it is one; per run: outputs (generated, or read with
+    #    --judge_only), annotations, alpaca_eval's metrics
+    if reference is None:
+        reference_args = replace(args, model_path=args.reference_model_path, model_id=None, num_runs=1,
+                                 reference_model_path=None, judge_only=False)
+        if reference_args.model_id == args.model_id:
+            raise ValueError(f"the model and the reference checkpoint are both named {args.model_id!r}; give --model_id")
+        reference = generate_outputs(reference_args, eval_set, gen_args, 0)
     runs = []
     for run in range(args.num_runs):
         output_file = run_folder(args, run) / "model_outputs.json"

@@ -160,6 +160,13 @@ def test_a_custom_baseline_and_instruction_set(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match=r"base_outputs\.json: 2 outputs for 1 reference instructions; output 1 "
                                          r"\('Say bye\.'\) answers no instruction"):
         run(argv)
+    with Stub(content="M", logprobs=weighted_logprobs) as stub:  # another checkpoint's outputs as the baseline
+        summary = run(base_argv(tmp_path, tiny_model_dir, "--judge_model", "stub", "--judge_base_url", stub.url,
+                                "--eval_set_path", str(instructions), "--reference_model_path", str(tiny_model_dir),
+                                "--model_id", "tuned"))
+    generated = json.loads((tmp_path / "ae" / tiny_model_dir.name / "model_outputs.json").read_text())
+    assert summary["baseline"] == tiny_model_dir.name and [o["instruction"] for o in generated] == ["Say hi.",
+                                                                                                   "Say bye."]
 
 
 def test_bad_inputs_are_named_before_any_work(tmp_path, tiny_model_dir):

@@ -29,6 +29,9 @@ class AlpacaEvalArguments:
     reference_outputs: str | None = field(
         default=None, metadata={"help": "The baseline's model_outputs.json (default: the eval set's own outputs, "
                                         "gpt4_1106_preview's in AlpacaEval 2.0)."})
+    reference_model_path: str | None = field(
+        default=None, metadata={"help": "A checkpoint whose outputs, generated here with the same settings, are the "
+                                        "baseline (instead of reference_outputs)."})
     annotators_config: str = field(default=DEFAULT_ANNOTATOR, metadata={"help": "An alpaca_eval annotator config."})
     lc_data_path: str | None = field(default=None, metadata={"help": "alpaca_eval's df_gamed.csv, for the LC win "
                                                                      "rate (else a cached download, else LC missing)."})
@@ -44,6 +47,8 @@ class AlpacaEvalArguments:
             raise ValueError("give model_path (or, with judge_only, the model_id whose outputs to annotate)")
         if self.num_runs < 1:
             raise ValueError(f"num_runs must be at least 1, got {self.num_runs}")
+        if self.reference_model_path and self.reference_outputs:
+            raise ValueError("give reference_outputs or reference_model_path, not both")
         self.model_id = self.model_id or Path(str(self.model_path).rstrip("/")).name
 
 
