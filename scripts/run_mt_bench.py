@@ -40,7 +40,14 @@ def main(argv=None, confirm=input):
 
     from chatalign.eval import mt_bench
     from chatalign.eval.judge import EvalJudge, with_default_judge
-    from chatalign.eval.mt_bench_run import baseline_answers, generate_answers, judge_answers, judge_pairs, run_folder
+    from chatalign.eval.mt_bench_run import (
+        baseline_answers,
+        generate_answers,
+        judge_answers,
+        judge_pairs,
+        run_folder,
+        select_questions,
+    )
     from chatalign.eval.reporting import format_table, run_statistics
     from chatalign.eval.results import log_to_wandb, save_summary, summary_path, wandb_run_of
     from chatalign.store import content_hash
@@ -49,7 +56,7 @@ def main(argv=None, confirm=input):
     if args.mode != "single" and judge_args.judge_scoring == "logprobs":
         raise ValueError("judge_scoring=logprobs weighs 1-10 ratings: it needs mode=single")
     questions = mt_bench.load_questions(args.question_file or mt_bench.MT_BENCH_DIR / "question.jsonl")
-    questions = questions[: args.first_n] if args.first_n else questions
+    questions = select_questions(args, questions)
     prompt_file = Path(args.judge_prompt_file or mt_bench.MT_BENCH_DIR / "judge_prompts.jsonl")
     prompts = mt_bench.load_judge_prompts(prompt_file)
     reference_file = Path(args.reference_answer_file or mt_bench.MT_BENCH_DIR / "reference_answer" / "gpt-4.jsonl")

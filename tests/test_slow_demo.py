@@ -28,3 +28,11 @@ def test_demo_trains_smollm2_end_to_end(smollm2_dir, tmp_path):
     assert len(samples) == 3 and all(len(row) == 4 for row in samples)  # prompt + 3 checkpoints
     assert "Paris" in samples[0][str(smollm2_dir)]
     assert "### What is the capital of France?" in proc.stdout
+    # the evaluation: every checkpoint scored, one table labelled as a demo judge's, and the plot
+    for name in (smollm2_dir.name, "smollm2-135m-sft-full", "smollm2-135m-dpo-full"):
+        mt = json.loads((tmp_path / "demo_eval" / "results" / name / "mt_bench.json").read_text())
+        assert mt["runs"][0]["unparseable"] == 0 and 1 <= mt["over_runs"]["average"]["mean"] <= 10
+    alpaca = json.loads((tmp_path / "demo_eval/results/smollm2-135m-dpo-full/alpaca_eval.json").read_text())
+    assert alpaca["baseline"] == smollm2_dir.name and 0 <= alpaca["runs"][0]["win_rate"] <= 100
+    assert "DEMO JUDGE" in proc.stdout and "MT-Bench (FastChat avg)" in proc.stdout
+    assert (tmp_path / "demo_eval" / "summary.png").stat().st_size > 1000

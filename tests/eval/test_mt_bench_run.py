@@ -180,3 +180,16 @@ def test_to_wandb_adds_the_scores_to_the_training_run(tmp_path, tiny_model_dir, 
     logged = record.read_bytes()
     assert b"mt_bench/average" in logged and b"mt_bench/category/writing" in logged
     assert summary["over_runs"]["average"]["mean"] == pytest.approx((5 + 2) / 2)
+
+
+def test_question_subsets_by_category():
+    from chatalign.eval.mt_bench_run import MTBenchArguments, select_questions
+
+    questions = mt_bench.load_questions(mt_bench.MT_BENCH_DIR / "question.jsonl")
+    picked = select_questions(MTBenchArguments(model_path="m", per_category=1), questions)
+    assert [q["question_id"] for q in picked] == [81, 91, 101, 111, 121, 131, 141, 151]
+    picked = select_questions(MTBenchArguments(model_path="m", categories=["stem", "writing"], per_category=2),
+                              questions)
+    assert [q["question_id"] for q in picked] == [81, 82, 141, 142]
+    with pytest.raises(ValueError, match="unknown MT-Bench category poetry"):
+        select_questions(MTBenchArguments(model_path="m", categories=["poetry"]), questions)

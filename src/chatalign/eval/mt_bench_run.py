@@ -48,6 +48,9 @@ class MTBenchArguments:
     num_runs: int = field(default=1, metadata={"help": "Generate and judge this many times (run<k>/ folders)."})
     judge_only: bool = field(default=False, metadata={"help": "Judge the answers already in bench_dir."})
     first_n: int | None = field(default=None, metadata={"help": "Only the first n questions (a quick run)."})
+    categories: list[str] | None = field(default=None, metadata={"help": "Only these categories (default: all 8)."})
+    per_category: int | None = field(default=None, metadata={"help": "Only the first k questions of each category "
+                                                                     "(a quick run that still covers all 8)."})
     gen_temperature: float | None = field(default=None, metadata={"help": "One temperature for every category "
                                                                           "(default: FastChat's per category)."})
     gen_max_tokens: int = field(default=1024, metadata={"help": "New tokens per answer turn (FastChat: 1024)."})
@@ -180,3 +183,22 @@ def judge_pairs(args: MTBenchArguments, questions: Sequence[dict], answers: dict
                      "turn": match["turn"], "tstamp": time.time()})
     return _merge(run_folder(args, run) / "model_judgment" / f"{judge.file_stem}_pair.jsonl", rows, len(matches),
                   lambda r: r.get("model_1") != args.model_id or r.get("model_2") != args.baseline_model)
+
+
+def select_questions(args: MTBenchArguments, questions: Sequence[dict]) -> list[dict]:
+    """The questions of this run: those of the chosen categories, the first k of each, then the first n."""
+    if args.categories:
+        unknown = sorted(set(args.categories) - {q["category"] for q in questions})
+        if unknown:
+            raise ValueError(f"unknown MT-Bench categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
+                             f"(known: {', '.join(mt_bench.CATEGORIES)})")
+        questions = [q for q in questions if q["category"] in args.categories]
+    if args.per_category:
+        seen: dict[str, int] = {}
+        kept = []
+        for question in questions:
+            seen[question["category"]] = seen.get(question["category"], 0) + 1
+            if seen[question["category"]] <= args.per_category:
+                kept.append(question)
+        questions = kept
+    return list(questions[: args.first_n] if args.first_n else questions)

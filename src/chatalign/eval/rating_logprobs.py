@@ -110,27 +110,30 @@ class InProcessRater:
         return normalised({r: math.exp(lp) for r, lp in zip(RATINGS, logprobs, strict=True)})
 
     def _continuation_logprobs(self, prompt_ids: list[int], prefix: str, texts: list[str]) -> list[float]:
-        """log P(text | prompt, prefix) for every text: all rows scored in one forward pass."""
+        """log P(text | prompt, prefix) for every text: the long prompt is run once, its cache shared by the texts."""
         import torch
 
         base = prompt_ids + self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         endings = [self._ending_ids(prefix, text) for text in texts]
-        width = len(base) + max(len(e) for e in endings)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(endings), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for row, ending in enumerate(endings):  # right padding: every row's prefix sits at the same positions
-            ids[row, :len(base) + len(ending)] = torch.tensor(base + ending)
-            attention[row, :len(base) + len(ending)] = 1
         device = next(self.model.parameters()).device
         with torch.no_grad():
-            logits = self.model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
-        logprobs = logits.log_softmax(-1).cpu()
-        out = []
+            out = self.model(input_ids=torch.tensor([base], device=device), use_cache=True)
+            first = out.logits[0, -1].float().log_softmax(-1).cpu()
+            scores = [first[ending[0]].item() for ending in endings]
+            width = max(len(ending) for ending in endings) - 1
+            if width == 0:
+                return scores
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(len(endings))
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            # right padding: a text's own tokens never see the padding after them
+            feed = torch.tensor([e[:-1] + [pad] * (width - len(e) + 1) for e in endings], device=device)
+            mask = torch.ones((len(endings), len(base) + width), dtype=torch.long, device=device)
+            rest = self.model(input_ids=feed, past_key_values=cache, attention_mask=mask).logits.float()
+            rest = rest.log_softmax(-1).cpu()
         for row, ending in enumerate(endings):
-            positions = range(len(base) - 1, len(base) - 1 + len(ending))
-            out.append(sum(logprobs[row, pos, tok].item() for pos, tok in zip(positions, ending, strict=True)))
-        return out
+            scores[row] += sum(rest[row, j - 1, ending[j]].item() for j in range(1, len(ending)))
+        return scores
 
     def _ending_ids(self, prefix: str, ending: str) -> list[int]:
         """The tokens `ending` adds after `prefix` (tokenised together, so merges across the seam are the judge's)."""

@@ -83,6 +83,50 @@ def bar_plot(path: str | Path, labels: Sequence[str], values: Sequence[float | N
     return _save(figure, path)
 
 
+def grouped_bar_plot(path: str | Path, groups: Sequence[str], series: Mapping[str, Sequence[float | None]],
+                     title: str = "", ylabel: str = "") -> Path:
+    """One group of bars per benchmark, one bar per model (a missing score drawn as no bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(groups)), 4))
+    width = 0.8 / max(len(series), 1)
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + k * width for i, v in enumerate(values) if v is not None]
+        ax.bar(xs, [v for v in values if v is not None], width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _save(figure, path)
+
+
+HEADLINES = {  # (bench, label, how to read it from the bench's summary)
+    "mt_bench": [("MT-Bench (FastChat avg)", lambda s: s["over_runs"].get("average", {}).get("mean")),
+                 ("MT-Bench overall (LION)", lambda s: s["over_runs"].get("lion_overall", {}).get("mean"))],
+    "alpaca_eval": [("AlpacaEval win rate", lambda s: s["over_runs"]["win_rate"]["mean"]),
+                    ("AlpacaEval LC win rate", lambda s: s["over_runs"]["length_controlled_winrate"]["mean"])],
+    "arena-hard-v0.1": [("Arena-Hard v0.1", lambda s: s["over_runs"]["arena-hard-v0.1"]["mean"])],
+    "arena-hard-v2.0": [("Arena-Hard v2.0 hard prompts", lambda s: s["over_runs"].get("hard_prompt", {}).get("mean"))],
+    "lm_eval": [("Open LLM v1 average", lambda s: s.get("openllm_v1_average")),
+                ("lm-eval classification avg", lambda s: s.get("classification_average")),
+                ("lm-eval generation avg", lambda s: s.get("generation_average"))],
+}
+
+
+def headline_scores(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """The scores a comparison table shows of one eval summary (eval_results/<bench>.json)."""
+    out = {}
+    for label, read in HEADLINES.get(summary.get("bench"), []):
+        try:
+            out[label] = read(summary)
+        except (KeyError, TypeError):
+            out[label] = None
+    return out
+
+
 def _save(figure, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 

@@ -138,15 +138,29 @@ def _run_server(model, items, params, gen_args, progress):
         yield from _run_client(client, items, params)
 
 
-def _run_transformers(model_path, items, params, gen_args, progress):
-    """In process, in batches of gen_batch_size; each chunk's rows are yielded (and so written) when it finishes."""
+_LOADED: dict[tuple, tuple] = {}  # the last checkpoint loaded in process: one script's calls share it
+
+
+def _load_in_process(model_path: str, chat_template: str | None):
+    """(tokenizer, model), reused while the same checkpoint is asked for (e.g. MT-Bench's call per turn and
+    temperature); loading another replaces it."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(model_path, chat_template=gen_args.gen_chat_template, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    folder = Path(model_path)
+    stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*.safetensors"))) if folder.is_dir() else ()
+    key = (str(model_path), chat_template, stamp)  # a checkpoint rewritten in place is loaded again
+    if key not in _LOADED:
+        _LOADED.clear()
+        tokenizer = load_tokenizer(model_path, chat_template=chat_template, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+        _LOADED[key] = (tokenizer, model.to("cuda") if torch.cuda.is_available() else model)
+    return _LOADED[key]
+
+
+def _run_transformers(model_path, items, params, gen_args, progress):
+    """In process, in batches of gen_batch_size; each chunk's rows are yielded (and so written) when it finishes."""
+    tokenizer, model = _load_in_process(model_path, gen_args.gen_chat_template)
     chunk = max(gen_args.gen_batch_size, 1) * 4
     for start in range(0, len(items), chunk):
         batch = items[start:start + chunk]
