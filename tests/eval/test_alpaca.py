@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,14 @@ def test_judge_only_needs_every_instruction_answered(tmp_path, tiny_model_dir):
         with pytest.raises(ValueError, match=r"model_outputs\.json: 3 outputs for 4 reference instructions; "
                                              r"instruction 3 .* has no output"):
             run(base_argv(tmp_path, tiny_model_dir, *judge, "--judge_only", "true"))
+
+
+def test_num_runs_write_a_folder_each_and_summarise(tmp_path, tiny_model_dir):
+    with Stub(content="M", logprobs=weighted_logprobs) as stub:
+        summary = run(base_argv(tmp_path, tiny_model_dir, "--judge_model", "stub", "--judge_base_url", stub.url,
+                                "--num_runs", "2"))
+    assert [Path(f).name for f in summary["files"]] == ["run1", "run2"]
+    for k in (1, 2):
+        assert (tmp_path / "ae" / "tiny" / f"run{k}" / alpaca.DEFAULT_ANNOTATOR / "annotations.json").is_file()
+    rates = [r["win_rate"] for r in summary["runs"]]
+    assert summary["over_runs"]["win_rate"]["mean"] == pytest.approx(np.mean(rates))

@@ -224,6 +224,19 @@ def test_v2_run_scores_each_category_against_its_baseline(tmp_path, tiny_model_d
     assert document["bench"] == ah.V2 and document["categories"]["hard_prompt"]["tiny"]["score"] == 100.0
 
 
+def test_num_runs_and_judge_only(tmp_path, tiny_model_dir):
+    with Stub(content=model_always_better) as stub:
+        summary = run(base_argv(tmp_path, tiny_model_dir, stub.url, "--bench", ah.V2, "--num_runs", "2"))
+        assert len(stub.requests) == 6  # greedy answers repeat, so run 2's games come from the cache: none paid twice
+        first = read_jsonl(tmp_path / "ah" / "run1" / ah.V2 / "model_answer" / "tiny.jsonl")
+        second = read_jsonl(tmp_path / "ah" / "run2" / ah.V2 / "model_judgment" / "stub" / "tiny.jsonl")
+        assert len(first) == 3 and len(second) == 3 and len(summary["runs"]) == 2
+        assert summary["over_runs"]["hard_prompt"] == {"mean": 100.0, "std": 0.0, "median": 100.0, "runs": 2}
+        again = run(base_argv(tmp_path, tiny_model_dir, stub.url, "--bench", ah.V2, "--num_runs", "2",
+                              "--judge_only", "true"))
+        assert again["judge_calls_this_run"] == 0 and again["over_runs"] == summary["over_runs"]
+
+
 def test_a_category_without_its_baselines_answers_fails_before_any_work(tmp_path, tiny_model_dir):
     with pytest.raises(FileNotFoundError, match="no answers of its baseline gemini-2.0-flash-001"):
         run(base_argv(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1", "--bench", ah.V2, "--categories",

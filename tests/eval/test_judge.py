@@ -142,3 +142,18 @@ def test_logprob_scoring_against_a_server_without_logprobs_is_a_clear_error(serv
         judge.judge(REQUESTS[:1], progress=False)
     assert url in str(raised.value)
     assert not (tmp_path / "j.jsonl").exists() or (tmp_path / "j.jsonl").read_text() == ""
+
+
+def test_a_local_checkpoint_judge_is_served_for_the_run(tmp_path, tiny_model_dir):
+    """judge_model a checkpoint folder (no judge_base_url): chatalign launches `transformers serve` for it, judges
+    over HTTP, and stops it; the verdicts are cached like any judge's."""
+    args = EvalJudgeArguments(judge_model=str(tiny_model_dir), judge_engine="transformers", judge_max_tokens=6,
+                              judge_parallel=2)
+    judge = EvalJudge(args, tmp_path / "j.jsonl", GenerationArguments(server_start_timeout=180, max_retries=0),
+                      confirm=lambda _: pytest.fail("a local judge is never confirmed"))
+    outputs = judge.judge(REQUESTS[:3], progress=False)
+    assert judge.paid == 3 and all(isinstance(o["output"], str) for o in outputs)
+    assert judge.provenance("v")["judge_endpoint"] == "local checkpoint" and judge.name == tiny_model_dir.name
+    again = EvalJudge(args, tmp_path / "j.jsonl", GenerationArguments(), confirm=input)
+    assert [o["output"] for o in again.judge(REQUESTS[:3], progress=False)] == [o["output"] for o in outputs]
+    assert again.paid == 0  # all cached: no server launched at all
