@@ -85,22 +85,33 @@ def bar_plot(path: str | Path, labels: Sequence[str], values: Sequence[float | N
 
 def grouped_bar_plot(path: str | Path, groups: Sequence[str], series: Mapping[str, Sequence[float | None]],
                      title: str = "", ylabel: str = "") -> Path:
-    """One group of bars per benchmark, one bar per model (a missing score drawn as no bar)."""
+    """One panel per benchmark (each on its own scale), one bar per model; a missing score is drawn as no bar."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(groups)), 4))
-    width = 0.8 / max(len(series), 1)
-    for k, (name, values) in enumerate(series.items()):
-        xs = [i + k * width for i, v in enumerate(values) if v is not None]
-        ax.bar(xs, [v for v in values if v is not None], width, label=name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    return _save(figure, path)
+    figure, axes = plt.subplots(1, max(len(groups), 1), figsize=(max(6.0, 3.2 * len(groups)), 4.2), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for g, (ax, group) in enumerate(zip(axes[0], groups, strict=False)):
+        for k, (name, values) in enumerate(series.items()):
+            if values[g] is not None:
+                ax.bar(k, values[g], color=colours[k % len(colours)], label=name)
+        ax.set_xticks([])
+        ax.set_title(group, fontsize="medium")
+        ax.set_ylabel(ylabel if g == 0 else "")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[k % len(colours)]) for k in range(len(series))]
+    figure.legend(handles, list(series), loc="lower center", ncol=min(len(series), 4), fontsize="small")
+    width_chars = int(figure.get_size_inches()[0] * 11)  # about what one line of the title font holds
+    figure.suptitle("\n".join(textwrap.wrap(title, width_chars)), fontsize="medium")
+    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 HEADLINES = {  # (bench, label, how to read it from the bench's summary)
