@@ -46,13 +46,14 @@ def main(argv=None):
     (args,) = ChatalignParser([ShowArguments]).parse(argv)
     from chatalign.eval import arena_hard as ah
     from chatalign.eval.reporting import bar_plot, format_table
+    from chatalign.store import read_jsonl
 
     folder = Path(args.judgment_dir) / (args.judge_name or "")
     files = sorted(folder.glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{folder}: no judgment files (*.jsonl)")
     rows, judge = ah.load_judgments(files)
-    legacy = "question_id" in ah.read_jsonl(files[0])[0]
+    legacy = "question_id" in read_jsonl(files[0])[0]
     bench = args.bench if args.bench != "auto" else (ah.V01 if legacy else ah.V2)
     if bench == ah.V01:
         baselines = {ah.V01: args.baseline or ah.BASELINE_V01}

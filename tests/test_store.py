@@ -109,3 +109,14 @@ def test_the_pipelines_key_their_rows_with_the_store_ids():
     assert [r["prompt_id"] for r in rows] == [prompt_id([USER]), prompt_id([SYSTEM, USER])]
     pairs = Dataset.from_list([{"prompt": [USER], "chosen": [reply], "rejected": [{**reply, "content": "Fry it."}]}])
     assert pair_keys(pairs) == [pair_id([USER], "Boil it.", "Fry it.")]
+
+
+def test_read_jsonl_splits_at_newlines_only_and_names_a_bad_line(tmp_path):
+    from chatalign.store import read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"text": "a\u2028b\u0085c"}, ensure_ascii=False) + "\n\n" + json.dumps({"n": 2}) + "\n")
+    assert read_jsonl(path) == [{"text": "a\u2028b\u0085c"}, {"n": 2}]
+    path.write_text('{"n": 1}\n{"n": \n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl line 2 is not valid JSON"):
+        read_jsonl(path)

@@ -122,6 +122,19 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     return Path(path)
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSONL file; a line that is not JSON is an error naming the file and line. Lines end at "\n"
+    only: splitlines() would also break at U+2028 and friends, which JSON strings may hold."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number} is not valid JSON: {err.msg}") from None
+    return rows
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file, atomically."""
     with atomic_path(path) as tmp:

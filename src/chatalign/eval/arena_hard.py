@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chatalign.store import read_jsonl
+
 _PACKAGED = Path(__file__).resolve().parent / "arena_hard_data"
 DATA_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[3] / "data" / "arena_hard"
 V01, V2 = "arena-hard-v0.1", "arena-hard-v2.0"
@@ -34,18 +36,6 @@ RETRY_PROMPT = "continue your judgment and finish by outputting a final verdict 
 WEIGHT = 3  # votes of a "significantly better" verdict
 LABEL_TO_SCORE = {"A>B": [1], "A>>B": [1] * WEIGHT, "A=B": [0.5], "A<<B": [0] * WEIGHT, "A<B": [0], "B>A": [0],
                   "B>>A": [0] * WEIGHT, "B=A": [0.5], "B<<A": [1] * WEIGHT, "B<A": [1]}  # v2.0: A's score per vote
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
-    # "\n" only, not splitlines(): answers hold U+2028 and other characters splitlines() breaks at
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not JSON ({err.msg})") from None
-    return rows
 
 
 def bench_dir(bench: str) -> Path:

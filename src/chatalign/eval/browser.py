@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chatalign.eval import arena_hard, mt_bench
-from chatalign.store import content_hash
+from chatalign.store import content_hash, read_jsonl
 
 
 class ResultsIndex:
@@ -47,12 +47,12 @@ class ResultsIndex:
                 for qid, row in answers.items():
                     bench["answers"].setdefault(str(qid), {})[model] = row["choices"][0]["turns"]
         for path in sorted((folder / "model_judgment").glob("*_single.jsonl")):
-            for row in mt_bench.read_jsonl(path):
+            for row in read_jsonl(path):
                 judge = row["judge"][0] if isinstance(row["judge"], list) else row["judge"]
                 bench["judgments"].setdefault(judge, {}).setdefault(str(row["question_id"]), []).append(
                     {"model": row["model"], "turn": row["turn"], "score": row["score"], "text": row["judgment"]})
         for path in sorted((folder / "model_judgment").glob("*_pair.jsonl")):
-            for row in mt_bench.read_jsonl(path):
+            for row in read_jsonl(path):
                 judge = row["judge"][0] if isinstance(row["judge"], list) else row["judge"]
                 bench["pairs"].setdefault(judge, {}).setdefault(str(row["question_id"]), []).append(row)
 
@@ -71,7 +71,7 @@ class ResultsIndex:
                     bench["answers"].setdefault(str(qid), {})[model] = [arena_hard.answer_text(row)]
             for judge_dir in sorted(p for p in (root / "model_judgment").glob("*") if p.is_dir()):
                 for path in sorted(judge_dir.glob("*.jsonl")):
-                    for row in arena_hard.read_jsonl(path):
+                    for row in read_jsonl(path):
                         qid = str(row.get("uid", row.get("question_id")))
                         bench["pairs"].setdefault(judge_dir.name, {}).setdefault(qid, []).append(row)
 

@@ -20,11 +20,12 @@ Duplicated rows count as often as they occur, unless ``dedup`` keeps the last ro
 from __future__ import annotations
 
 import ast
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from chatalign.store import read_jsonl
 
 # The shipped data: <checkout>/data/mt_bench in a checkout, a copy inside the package in a regular install (setup.py).
 _PACKAGED = Path(__file__).resolve().parent / "mt_bench_data"
@@ -52,18 +53,6 @@ _TWO_SCORES_BACKUP = re.compile(r"\[(\d+\.?\d*),\s?(\d+\.?\d*)\]")
 
 # --------------------------------------------------------------------------------------------------------------------
 # Data
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path} line {number} is not valid JSON: {err.msg}") from None
-    return rows
 
 
 def load_questions(path: str | Path = MT_BENCH_DIR / "question.jsonl") -> list[dict]:

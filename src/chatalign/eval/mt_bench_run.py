@@ -20,7 +20,7 @@ from chatalign.eval import mt_bench
 from chatalign.eval.judge import EvalJudge
 from chatalign.generation.generate import generate
 from chatalign.generation.params import GenerationArguments, SamplingParams
-from chatalign.store import content_hash, write_jsonl
+from chatalign.store import content_hash, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -138,7 +138,7 @@ def judge_answers(args: MTBenchArguments, questions: Sequence[dict], answers: di
 
 def _merge(path: Path, rows: list[dict], wanted: int, keep) -> list[dict]:
     """Write `rows` into a judgment file in place of this model's old rows (other models' rows, `keep`, stay)."""
-    others = [r for r in mt_bench.read_jsonl(path) if keep(r)] if path.is_file() else []
+    others = [r for r in read_jsonl(path) if keep(r)] if path.is_file() else []
     write_jsonl(path, [*others, *rows])
     if len(rows) < wanted:
         raise RuntimeError(f"{wanted - len(rows)} of {wanted} judgments failed; rerun the same command to ask for "
