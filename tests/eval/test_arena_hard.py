@@ -180,6 +180,7 @@ def test_v01_run_writes_upstreams_layout_and_scores_by_its_procedure(tmp_path, t
         assert len(stub.requests) == 3 * 2 + 1  # both games of 3 questions, one retry
         rows = read_jsonl(tmp_path / "ah" / ah.V01 / "model_judgment" / "stub" / "tiny.jsonl")
         assert [r["question_id"] for r in rows] == [q["id"] for q in ah.load_questions(ah.V01)[:3]]
+        assert {r["judge_model_id"] for r in rows} == {"stub"}  # the model id the API answered with
         retried = rows[0]["games"][0]
         assert retried["judgment"] == "\nI cannot decide yet.\nFinal verdict: [[A=B]]" and retried["score"] == "A=B"
         answers = read_jsonl(tmp_path / "ah" / ah.V01 / "model_answer" / "tiny.jsonl")

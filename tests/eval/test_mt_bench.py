@@ -123,6 +123,12 @@ def test_a_judgment_file_never_mixes_judges(tmp_path):
     mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"mixed.jsonl: rows judged by gpt-4, gpt-4o; a result never mixes judges"):
         mt_bench.load_judgments(mixed)
+    rows = mt_bench.read_jsonl(RELEASED[0])[:4]
+    for row, served in zip(rows, ["gpt-4-0613", "gpt-4-0613", "gpt-4-0125-preview", None], strict=True):
+        row["judge_model_id"] = served  # one name, two models behind it
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"judge gpt-4 answered as gpt-4-0125-preview, gpt-4-0613"):
+        mt_bench.load_judgments(mixed)
 
 
 def test_show_script_table_json_plot_and_runs(tmp_path, capsys):

@@ -53,6 +53,7 @@ def test_answers_judgments_and_scores_in_fastchats_layout(tmp_path, tiny_model_d
         assert sorted((r["question_id"], r["turn"], r["score"]) for r in rows) == [
             (81, 1, 5), (81, 2, 2), (82, 1, 6), (82, 2, 2), (83, 1, 7), (83, 2, 2), (84, 1, 8), (84, 2, -1)]
         assert {tuple(r["judge"]) for r in rows} == {("stub", "single-v1"), ("stub", "single-v1-multi-turn")}
+        assert {r["judge_model_id"] for r in rows} == {"stub"} and all(r["judgment_date"] for r in rows)
 
         (scores,) = summary["runs"]
         assert (scores["turn_1"], scores["turn_2"]) == (6.5, 2.0) and scores["unparseable"] == 1

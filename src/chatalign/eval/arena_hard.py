@@ -128,9 +128,11 @@ def parse_verdict(bench: str, judgment: str | None, patterns: Sequence[str]) -> 
 def load_judgments(paths: Iterable[str | Path]) -> tuple[list[dict], str | None]:
     """Rows {id, model, category, scores: [game 1 label, game 2 label]} of judgment files in either layout, and the
     one judge that made them (files of two judges are an error: a result never mixes judges)."""
-    rows, judges = [], set()
+    rows, judges, served = [], set(), set()
     for path in paths:
         for index, row in enumerate(read_jsonl(path)):
+            if row.get("judge_model_id"):
+                served.add(row["judge_model_id"])
             games = row.get("games")
             qid = row.get("uid", row.get("question_id"))
             if qid is None or not isinstance(games, list) or len(games) != 2 or "model" not in row:
@@ -142,6 +144,8 @@ def load_judgments(paths: Iterable[str | Path]) -> tuple[list[dict], str | None]
     judges.discard(None)
     if len(judges) > 1:
         raise ValueError(f"judgments by {', '.join(sorted(judges))}; a result never mixes judges")
+    if len(served) > 1:  # one name, two models behind it (an alias that moved)
+        raise ValueError(f"judge answered as {', '.join(sorted(served))}; a result never mixes judges")
     return rows, (judges.pop() if judges else None)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chatalign.eval import arena_hard as ah
-from chatalign.eval.judge import EvalJudge, JudgeCall
+from chatalign.eval.judge import EvalJudge, JudgeCall, judgment_provenance
 from chatalign.generation.generate import generate
 from chatalign.generation.params import GenerationArguments, SamplingParams
 from chatalign.store import content_hash, write_jsonl
@@ -136,7 +136,8 @@ def judge_games(args: ArenaHardArguments, settings: dict, questions: Sequence[di
         base = baselines[q["category"]]["answers"][q["id"]]
         games += [ah.judge_messages(args.bench, settings, q, base, answers[q["id"]]),
                   ah.judge_messages(args.bench, settings, q, answers[q["id"]], base)]
-    outputs = [j["output"] if j else None for j in judge.judge(games, progress, call)]
+    judged = judge.judge(games, progress, call)
+    outputs = [j["output"] if j else None for j in judged]
     texts = ["" if o is None else "\n" + o for o in outputs]  # v0.1's judgment accumulates "\n" + each attempt
     verdicts = [ah.parse_verdict(args.bench, t if args.bench == ah.V01 else o, settings["patterns"])
                 for t, o in zip(texts, outputs, strict=True)]
@@ -145,9 +146,9 @@ def judge_games(args: ArenaHardArguments, settings: dict, questions: Sequence[di
     if again:  # upstream v0.1: once more, the conversation continued, when the judgment held no label at all
         follow = [[*games[i], {"role": "assistant", "content": outputs[i]}, {"role": "user", "content": ah.RETRY_PROMPT}]
                   for i in again]
-        for i, judged in zip(again, judge.judge(follow, progress, call), strict=True):
-            if judged is not None:
-                texts[i] += "\n" + judged["output"]
+        for i, second in zip(again, judge.judge(follow, progress, call), strict=True):
+            if second is not None:
+                texts[i] += "\n" + second["output"]
                 verdicts[i] = ah.parse_verdict(args.bench, texts[i], settings["patterns"])
     rows = []
     for index, q in enumerate(questions):
@@ -156,10 +157,12 @@ def judge_games(args: ArenaHardArguments, settings: dict, questions: Sequence[di
             continue  # a call failed for good: no row, asked again by the next run
         if args.bench == ah.V01:
             rows.append({"question_id": q["id"], "model": args.model_id, "judge": judge.name,
+                         **judgment_provenance(judged[2 * index]),
                          "games": [{"user_prompt": games[i][1]["content"], "judgment": texts[i],
                                     "score": verdicts[i][0]} for i in pair]})
         else:
             rows.append({"uid": q["id"], "category": q["category"], "judge": judge.name, "model": args.model_id,
+                         **judgment_provenance(judged[2 * index]),
                          "baseline": baselines[q["category"]]["model"],
                          "games": [{"score": verdicts[i][0], "judgment": {"answer": outputs[i]}, "prompt": games[i]}
                                    for i in pair]})

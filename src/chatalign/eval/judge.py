@@ -90,6 +90,11 @@ class JudgeCall:
     first_token: tuple[str, ...] | None = None
 
 
+def judgment_provenance(judgment: dict) -> dict[str, Any]:
+    """What a judgment row records of where its verdict came from: the model id the API answered with and when."""
+    return {"judge_model_id": judgment.get("model_id"), "judgment_date": judgment.get("date")}
+
+
 def estimate(requests: Sequence[Sequence[dict]], model: str, max_tokens: int,
              price_per_mtok: str | None = None) -> dict[str, Any]:
     """Calls, estimated tokens and estimated cost (None where no price is known) of judging `requests`."""

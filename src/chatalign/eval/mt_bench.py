@@ -223,6 +223,10 @@ def load_judgments(path: str | Path) -> tuple[list[dict], str]:
     judges = {tuple(r["judge"])[0] if isinstance(r.get("judge"), (list, tuple)) else r.get("judge") for r in rows}
     if len(judges) > 1:
         raise ValueError(f"{path}: rows judged by {', '.join(sorted(map(str, judges)))}; a result never mixes judges")
+    served = {r["judge_model_id"] for r in rows if r.get("judge_model_id")}
+    if len(served) > 1:  # one name, two models behind it (an alias that moved): as much a mix as two names
+        raise ValueError(f"{path}: judge {next(iter(judges))} answered as {', '.join(sorted(served))}; a result "
+                         "never mixes judges")
     return rows, judges.pop()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chatalign.eval import mt_bench
-from chatalign.eval.judge import EvalJudge
+from chatalign.eval.judge import EvalJudge, judgment_provenance
 from chatalign.generation.generate import generate
 from chatalign.generation.params import GenerationArguments, SamplingParams
 from chatalign.store import content_hash, read_jsonl, write_jsonl
@@ -127,7 +127,7 @@ def judge_answers(args: MTBenchArguments, questions: Sequence[dict], answers: di
         row = {"question_id": match["question"]["question_id"], "model": args.model_id,
                "judge": [judge.name, match["judge_prompt"]], "user_prompt": match["messages"][1]["content"],
                "judgment": judgment["output"], "score": mt_bench.parse_single_rating(judgment["output"]),
-               "turn": match["turn"], "tstamp": time.time()}
+               "turn": match["turn"], "tstamp": time.time(), **judgment_provenance(judgment)}
         if "rating_probs" in judgment:
             rating = expected_rating(judgment["rating_probs"])
             row.update(score=-1 if rating is None else rating, rating_probs=judgment["rating_probs"])
@@ -180,7 +180,7 @@ def judge_pairs(args: MTBenchArguments, questions: Sequence[dict], answers: dict
                      "judge": [judge.name, match["judge_prompt"]],
                      "g1_user_prompt": match["g1_messages"][1]["content"], "g1_judgment": g1["output"],
                      "g2_user_prompt": match["g2_messages"][1]["content"], "g2_judgment": g2["output"],
-                     "turn": match["turn"], "tstamp": time.time()})
+                     "turn": match["turn"], "tstamp": time.time(), **judgment_provenance(g1)})
     return _merge(run_folder(args, run) / "model_judgment" / f"{judge.file_stem}_pair.jsonl", rows, len(matches),
                   lambda r: r.get("model_1") != args.model_id or r.get("model_2") != args.baseline_model)
 
