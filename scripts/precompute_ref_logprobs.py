@@ -43,7 +43,7 @@ def make_parser() -> ChatalignParser:
 def main(argv=None):
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
 
-    from chatalign.train.dpo.arguments import check_dpo_arguments
+    from chatalign.train.dpo.arguments import check_dpo_arguments, check_input_files
     from chatalign.train.dpo.reference import (
         RefLogps,
         compute_ref_logps,
@@ -62,6 +62,7 @@ def main(argv=None):
         raise ConfigError("precompute_ref_logprobs runs the reference through TRL's trainer, which refuses a quantized "
                           "model without an adapter; a QLoRA run keeps its reference online")
     check_dpo_arguments(training_args, data_args, script_args)
+    check_input_files(script_args)
     check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
     setup_logging(training_args)
     path = Path(script_args.precompute_file_path)

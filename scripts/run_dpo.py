@@ -16,6 +16,11 @@ Variants (recipe keys, see chatalign.train.dpo):
                         negative differences are excluded. preference_sampling: weighted samples pairs with
                         probability proportional to their bucket's weight instead. Counts per bin are logged and saved.
   rm_weight_column      a column whose value multiplies its pair's loss (every loss type but aot, aot_unpaired, sft)
+  rm_importance_file    LION's rm_importance selection from scripts/compute_lm_reward.py's lm_rewards.jsonl: pairs
+                        with weight >= rm_importance_min_weight (0.1), max_data_size of them drawn towards a bimodal
+                        weight distribution (all of them when max_data_size is unset)
+  wis_importance_file   LION's wis loss weight from scripts/compute_importance_weight.py's importance_weights.jsonl:
+                        sigmoid(wis_gamma * (log pi/mu of y_w + log pi/mu of y_l)) + 1e-6 per pair, detached
   precompute_file_path  reference log-probs from scripts/precompute_ref_logprobs.py: no reference model is loaded; a
                         file that does not match this run (rows, model, tokenizer, template, max_length) is an error
 """
@@ -46,7 +51,7 @@ def main(argv=None):
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
     keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
 
-    from chatalign.train.dpo.arguments import check_dpo_arguments, reference_model_path
+    from chatalign.train.dpo.arguments import check_dpo_arguments, check_input_files, reference_model_path
     from chatalign.train.dpo.reference import attach_ref_logps, open_ref_logps_file, reference_dependencies
     from chatalign.train.dpo.selection import load_preference_data
     from chatalign.train.dpo.trainer import ChatalignDPOTrainer
@@ -68,6 +73,7 @@ def main(argv=None):
 
     # 1. Logging, checks that need no data or model, and the resolved config
     check_dpo_arguments(training_args, data_args, script_args)
+    check_input_files(script_args)
     check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
     setup_logging(training_args)
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
@@ -75,7 +81,7 @@ def main(argv=None):
     if training_args.process_index == 0:
         write_run_args(training_args.output_dir, configs)
 
-    # 2. Tokenizer and data: mixed, validated, subsampled, weighted; precomputed reference log-probs are matched to
+    # 2. Tokenizer and data: mixed, validated, selected, weighted; precomputed reference log-probs are matched to
     # the rows here, so a stale file fails before any model is loaded.
     tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
     with training_args.main_process_first(desc="dataset preparation"):
@@ -109,6 +115,7 @@ def main(argv=None):
         peft_config=peft_config(model_args),
         callbacks=[RecordRunArgsCallback(configs)],
         weighted=bool(script_args.rm_weight_column),
+        wis_gamma=script_args.wis_gamma if script_args.wis_importance_file else None,
     )
 
     # TRL drops pairs whose prompt alone fills max_length (no completion token would be left): count them.

@@ -10,14 +10,19 @@ from conftest import REPO, load_script
 
 from chatalign.data.templates import resolve_chat_template
 
-RECIPES = sorted((REPO / "recipes").glob("*/*/config_*.yaml"))
-SCRIPT_FOR_TASK = {"sft": "run_sft", "dpo": "run_dpo", "kto": "run_kto", "selfplay": "run_kto"}
+ALL_RECIPES = sorted((REPO / "recipes").glob("*/*/config_*.yaml"))
+# Analysis recipes configure one script's own dataclasses (no training run): parsed and checked apart below.
+ANALYSIS_SCRIPT_FOR_TASK = {"dset_prediction": "dset_prediction", "predict_preference": "predict_preference"}
+RECIPES = [p for p in ALL_RECIPES if p.parent.name not in ANALYSIS_SCRIPT_FOR_TASK]
+ANALYSIS_RECIPES = [p for p in ALL_RECIPES if p.parent.name in ANALYSIS_SCRIPT_FOR_TASK]
+SCRIPT_FOR_TASK = {"sft": "run_sft", "dpo": "run_dpo", "kto": "run_kto", "selfplay": "run_kto",
+                   "lm_reward": "compute_lm_reward", "importance_weight": "compute_importance_weight"}
 # GPU recipes ask for bf16; TrainingArguments refuses bf16 on a CPU-only machine, so validate them as CPU runs.
 CPU_OVERRIDES = ["--bf16=false", "--use_cpu=true"]
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Folders the chain's earlier steps write: prepare_model (models/), training (output_dir), self-play (generated/).
 PRODUCED_BY_EARLIER_STEPS = {"models/smollm2-135m-instruct"} | {
-    yaml.safe_load(p.read_text()).get("output_dir") for p in RECIPES}
+    yaml.safe_load(p.read_text()).get("output_dir") for p in ALL_RECIPES}
 
 
 def where_is(name: str) -> str:
@@ -49,14 +54,16 @@ def test_recipe_parses_names_what_exists_and_passes_its_checks(recipe: Path):
     script_name = SCRIPT_FOR_TASK[recipe.parent.name]
     script = load_script(script_name)
     parsed = script.make_parser().parse([str(recipe), *CPU_OVERRIDES])
-    model_args, data_args, training_args, script_args = parsed
+    model_args, data_args, training_args, script_args = parsed[:4]
     text = recipe.read_text()
     assert text.splitlines()[0].startswith("# "), f"{recipe} has no header comment saying how to run it"
     assert f"scripts/{script_name}.py" in text or "launch.slurm" in text
     # What it names exists, is written by an earlier step of its chain, or is a hub id.
     named = {"model_name_or_path": model_args.model_name_or_path,
              "ref_model_name_or_path": getattr(script_args, "ref_model_name_or_path", None),
-             **{f"dataset_mixer[{source}]": source for source in data_args.dataset_mixer}}
+             **{f"dataset_mixer[{source}]": source for source in data_args.dataset_mixer},
+             **{f"candidate_models[{c['name']}]": c["model_name_or_path"]
+                for c in getattr(parsed[-1], "candidate_models", None) or []}}
     assert {key: name for key, name in named.items() if name and where_is(name) == "missing"} == {}
     if data_args.chat_template:
         resolve_chat_template(data_args.chat_template)
@@ -64,7 +71,7 @@ def test_recipe_parses_names_what_exists_and_passes_its_checks(recipe: Path):
         assert set(data_args.dataset_splits) == set(data_args.dataset_mixer)
     assert training_args.output_dir and where_is(training_args.output_dir) != "hub"
     # Its keys are consistent: the checks the script runs before loading anything pass.
-    if script_name == "run_dpo":
+    if script_name in ("run_dpo", "compute_lm_reward", "compute_importance_weight"):
         from chatalign.train.dpo.arguments import check_dpo_arguments
 
         check_dpo_arguments(training_args, data_args, script_args)
@@ -75,3 +82,22 @@ def test_recipe_parses_names_what_exists_and_passes_its_checks(recipe: Path):
     # alignment-handbook and LION give zephyr conversations an empty system turn; so do its recipes.
     if recipe.parts[-3] == "zephyr-7b-beta":
         assert data_args.chat_template == "zephyr" and data_args.auto_insert_empty_system_msg
+
+
+# Folders a user makes by hand, as the recipe's header says (a converted checkpoint, other runs' id files).
+USER_PRODUCED = {"models/starling-rm-7b-alpha-seqcls"}
+
+
+@pytest.mark.parametrize("recipe", ANALYSIS_RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_analysis_recipe_parses_and_names_what_exists(recipe: Path):
+    script_name = ANALYSIS_SCRIPT_FOR_TASK[recipe.parent.name]
+    parsed = load_script(script_name).make_parser().parse([str(recipe)])
+    text = recipe.read_text()
+    assert text.splitlines()[0].startswith("# ") and f"scripts/{script_name}.py" in text
+    values = {k: v for config in parsed for k, v in vars(config).items()}
+    named = {"model_name_or_path": values.get("model_name_or_path"), "dataset_name": values.get("dataset_name"),
+             **{f"dataset_to_test[{d}]": d for d in values.get("dataset_to_test") or {}}}
+    missing = {key: name for key, name in named.items()
+               if name and name not in USER_PRODUCED and where_is(name) == "missing"}
+    assert missing == {}
+    assert values["output_dir"] and where_is(values["output_dir"]) != "hub"

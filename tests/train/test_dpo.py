@@ -23,6 +23,14 @@ from chatalign.train.dpo.arguments import (
     UNWEIGHTABLE_LOSS_TYPES,
     DPOScriptArguments,
     check_dpo_arguments,
+    check_input_files,
+)
+from chatalign.train.dpo.importance import (
+    MU_COLUMNS,
+    read_pair_values,
+    rm_importance_probabilities,
+    rm_importance_select,
+    wis_weight,
 )
 from chatalign.train.dpo.reference import dependency_mismatch, read_ref_logps_file, tokenizer_fingerprint
 from chatalign.train.dpo.selection import (
@@ -616,3 +624,135 @@ def test_pair_id_and_dependency_messages():
         f"precomputed with a different reference model config.json (hash {'d' * 12}, this run {'c' * 12})")
     assert dependency_mismatch({**current, "max_length": 512}, current) == (
         "precomputed with max_length=512, this run uses 1024")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LION's rm_importance selection and wis weights (chatalign.train.dpo.importance)
+
+
+def test_rm_importance_probability_is_the_bimodal_target_over_the_bin_count():
+    weights = np.array([0.1, 0.3, 0.3, 0.3, 0.75, 0.9, 1.0])
+    counts, edges = np.histogram(weights, bins=25)
+    expected = []
+    for w in weights:
+        b = min(int(np.searchsorted(edges, w, side="right")) - 1, 24)  # [e_k, e_k+1), the last bin closed
+        density = sum(math.exp(-0.5 * ((w - m) / 0.1) ** 2) / (0.1 * math.sqrt(2 * math.pi)) for m in (0.3, 0.75))
+        expected.append(density / counts[b])
+    expected = np.array(expected) / sum(expected)
+    assert np.allclose(rm_importance_probabilities(weights), expected, rtol=1e-12)
+    # the three pairs at 0.3 share their bin, so each gets a third of what a lone pair at 0.3 would
+    assert rm_importance_probabilities(weights)[1] == pytest.approx(expected[1])
+
+
+def test_rm_importance_select_keeps_weights_from_0_1_and_reshapes_them_bimodally():
+    weights = seeded_rng(0, "test").uniform(0.0, 1.0, 4000)
+    indices, counts = rm_importance_select(weights, 600, seed=3)
+    assert len(indices) == 600 == counts["selected"] and len(set(indices.tolist())) == 600
+    assert (weights[indices] >= 0.1).all() and counts["excluded: weight < 0.1"] == int((weights < 0.1).sum())
+    near = lambda w: ((np.abs(w - 0.3) < 0.1) | (np.abs(w - 0.75) < 0.1)).mean()  # noqa: E731
+    assert near(weights[indices]) > near(weights[weights >= 0.1]) + 0.2  # uniform in, mass at the two modes out
+    again, _ = rm_importance_select(weights, 600, seed=3)
+    other, _ = rm_importance_select(weights, 600, seed=4)
+    assert np.array_equal(indices, again) and not np.array_equal(indices, other)
+    # LION's default max_data_size=-1 crashed; unset here means every kept pair
+    everything, counts = rm_importance_select(weights, None, seed=3)
+    assert np.array_equal(everything, np.flatnonzero(weights >= 0.1)) and counts["selected"] == len(everything)
+    with pytest.raises(ValueError, match="no pair has weight >= 0.1"):
+        rm_importance_select(np.array([0.05, 0.01]), 1, seed=0)
+
+
+def lm_reward_file(path, rows, weights):
+    keys = [pair_id(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    return write_jsonl(path, [{"pair_id": k, "weight": w, "dropped": w is None}
+                              for k, w in zip(keys, weights, strict=True)])
+
+
+def test_run_dpo_rm_importance_selection_from_a_weight_file(run_dpo, tiny_model_dir, tmp_path):
+    rows = preference_rows(12)
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    weights = [0.05, 0.3, 0.32, 0.7, 0.75, 0.8, 0.28, 0.02, 0.5, 0.9, 0.31, None]  # the last one dropped when scored
+    weight_file = lm_reward_file(tmp_path / "lm_rewards.jsonl", rows, weights)
+    trainer = run_dpo.main(cli(tiny_model_dir, data, tmp_path / "out", rm_importance_file=weight_file,
+                               max_data_size=6, max_steps=1))
+    results = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    selection = results["data"]["train"]["selection"]
+    assert selection["sampling"] == "rm_importance" and selection["file"] == str(weight_file)
+    assert selection["eligible"] == 9 and selection["selected"] == 6 == len(trainer.train_dataset)
+    assert selection["excluded: unscored (prompt fills max_length)"] == 1 and selection["excluded: weight < 0.1"] == 2
+    kept = {r["prompt_id"] for r, w in zip(rows, weights, strict=True) if w is not None and w >= 0.1}
+    assert set(trainer.train_dataset["prompt_id"]) <= kept
+    assert math.isfinite(trainer.state.log_history[0]["loss"])
+
+    partial = write_jsonl(tmp_path / "partial.jsonl", [json.loads(x) for x in weight_file.read_text().split("\n")[:5]
+                                                       if x])
+    with pytest.raises(ValueError, match=r"rm_importance file .*partial.jsonl has no entry for 7 of the 12 training "
+                                         r"pairs, first row \d+ \(source .*prompt_id 'p([5-9]|1[01])'\): compute it"):
+        run_dpo.main(cli(tiny_model_dir, data, tmp_path / "out2", rm_importance_file=partial, max_data_size=6))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"rm_importance_file": "missing.jsonl"}, r"rm_importance_file missing.jsonl does not exist \(written by "
+                                              r"scripts/compute_lm_reward.py\)"),
+    ({"wis_importance_file": "nowhere.jsonl"}, r"wis_importance_file nowhere.jsonl does not exist"),
+    ({"wis_importance_file": "W", "loss_type": "aot"}, r"wis_importance_file cannot weight loss_type 'aot'"),
+    ({"wis_importance_file": "W", "wis_gamma": "0"}, r"wis_gamma must be a positive number"),
+    ({"rm_importance_file": "W", "preference_config": "{-100: 1.0}", "max_data_size": "4"},
+     "rm_importance_file and preference_config are two ways of selecting pairs"),
+])
+def test_importance_config_errors_before_loading(overrides, message, tmp_path):
+    weight_file = tmp_path / "w.jsonl"
+    weight_file.write_text('{"pair_id": "x", "weight": 0.5}\n')
+    overrides = {k: (str(weight_file) if v == "W" else v) for k, v in overrides.items()}
+    _, data_args, training_args, script_args = parse(
+        ["--model_name_or_path=m", f"--output_dir={tmp_path}", "--use_cpu=true", "--activation_checkpointing=false"]
+        + [f"--{k}={v}" for k, v in overrides.items()])
+    with pytest.raises(ConfigError, match=message):
+        check_dpo_arguments(training_args, data_args, script_args)
+        check_input_files(script_args)
+
+
+def test_pair_value_files_name_file_line_and_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"pair_id": "a", "weight": 0.2}\n{"pair_id": "b", "weight": "high"}\n')
+    with pytest.raises(ValueError, match=r"rm_importance file .*bad.jsonl, line 2 \(pair_id b\), field 'weight': a "
+                                         r"finite number is needed, got 'high'"):
+        read_pair_values(bad, ("weight",), "rm_importance")
+    bad.write_text('{"weight": 0.2}\n')
+    with pytest.raises(ValueError, match=r"line 1: no pair_id"):
+        read_pair_values(bad, ("weight",), "rm_importance")
+
+
+def test_wis_weight_is_lions_formula_and_detached():
+    pc = torch.tensor([-10.0, -3.0], requires_grad=True)
+    pr = torch.tensor([-12.0, -1.0], requires_grad=True)
+    mc, mr = torch.tensor([-20.0, -3.0]), torch.tensor([-15.0, -9.0])
+    weight = wis_weight(pc, pr, mc, mr, gamma=0.01)
+    expected = [1 / (1 + math.exp(-0.01 * ((-10 + 20) + (-12 + 15)))) + 1e-6,
+                1 / (1 + math.exp(-0.01 * ((-3 + 3) + (-1 + 9)))) + 1e-6]
+    assert weight.tolist() == pytest.approx(expected, abs=1e-7) and not weight.requires_grad
+
+
+def test_wis_trainer_multiplies_each_pairs_loss_by_its_weight(models, tmp_path):
+    policy, ref, tokenizer = models
+    trainer = ChatalignDPOTrainer(model=policy, ref_model=ref, args=dpo_config(tmp_path, beta=0.1),
+                                  train_dataset=Dataset.from_list(preference_rows(2, scores=False)),
+                                  processing_class=tokenizer, wis_gamma=0.5)
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    mu = [(-30.0, -20.0), (-5.0, -40.0)]
+    batch = trainer.data_collator([{**r, MU_COLUMNS[0]: c, MU_COLUMNS[1]: j} for r, (c, j) in zip(rows, mu,
+                                                                                                 strict=True)])
+    policy_chosen, policy_rejected = trainer.compute_ref_log_probs(policy, batch)
+    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(ref, batch)
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    expected = 0.0
+    for k in range(2):
+        wis = 1 / (1 + math.exp(-0.5 * ((policy_chosen[k].item() - mu[k][0]) + (policy_rejected[k].item()
+                                                                                 - mu[k][1])))) + 1e-6
+        expected += wis * -math.log(1 / (1 + math.exp(-0.1 * margin[k].item())))
+    with torch.no_grad():
+        loss = trainer.compute_loss(policy, batch).item()
+    assert loss == pytest.approx(expected / 2, abs=1e-6)
+    logged = trainer._metrics["train"]["wis/weight"] + trainer._metrics["eval"]["wis/weight"]
+    assert len(logged) == 1 and 0 < logged[0] < 1
+    with pytest.raises(ValueError, match="wis_gamma is set but the batch has no generator log-probs"):
+        trainer.compute_loss(policy, trainer.data_collator(rows))

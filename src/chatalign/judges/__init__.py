@@ -30,7 +30,8 @@ Rules every caller relies on:
 
 Modules: :mod:`.prompts` (LLM judge prompts and verdict parsing), :mod:`.cache` (judgments and the cache),
 :mod:`.tournament` (pairwise comparisons to scores), :mod:`.models` (the judges), :mod:`.loading` (specs to judges),
-:mod:`.annotate` (re-annotating a preference set).
+:mod:`.rubrics` (UltraFeedback's 1-5 rating rubrics, one text or several in one prompt), :mod:`.annotate`
+(re-annotating a preference set: judge_dataset's single / all / pairwise modes).
 """
 
 

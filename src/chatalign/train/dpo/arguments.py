@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from chatalign.configs import ConfigError
@@ -56,6 +58,24 @@ class DPOScriptArguments(RunArguments):
     rm_weight_column: str | None = field(
         default=None, metadata={"help": "Column whose per-pair value multiplies that pair's DPO loss."}
     )
+    rm_importance_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "lm_rewards.jsonl of scripts/compute_lm_reward.py: LION's rm_importance selection (pairs with "
+            "weight >= rm_importance_min_weight, max_data_size of them drawn towards a bimodal weight distribution)."
+        },
+    )
+    rm_importance_min_weight: float = field(
+        default=0.1, metadata={"help": "rm_importance: pairs with a smaller weight are never trained on (LION: 0.1)."}
+    )
+    wis_importance_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "importance_weights.jsonl of scripts/compute_importance_weight.py: LION's wis loss weight "
+            "sigmoid(wis_gamma * ((log pi(y_w) - log mu(y_w)) + (log pi(y_l) - log mu(y_l)))) + 1e-6 per pair."
+        },
+    )
+    wis_gamma: float = field(default=0.01, metadata={"help": "wis: the gamma of the weight (LION: 0.01)."})
     precompute_file_path: str | None = field(
         default=None,
         metadata={
@@ -77,6 +97,17 @@ def check_dpo_arguments(training_args, data_args, script_args) -> None:
                 f"rm_weight_column cannot weight loss_type '{bad[0]}': {UNWEIGHTABLE_LOSS_TYPES[bad[0]]}. "
                 f"Weighted loss types: {', '.join(t for t in TRL_LOSS_TYPES if t not in UNWEIGHTABLE_LOSS_TYPES)}"
             )
+    if script_args.wis_importance_file:
+        bad = [t for t in training_args.loss_type if t in UNWEIGHTABLE_LOSS_TYPES]
+        if bad:
+            raise ConfigError(f"wis_importance_file cannot weight loss_type '{bad[0]}': "
+                              f"{UNWEIGHTABLE_LOSS_TYPES[bad[0]]}")
+        if script_args.wis_gamma <= 0 or not math.isfinite(script_args.wis_gamma):
+            raise ConfigError(f"wis_gamma must be a positive number, got {script_args.wis_gamma}")
+    if script_args.rm_importance_file and script_args.preference_config is not None:
+        raise ConfigError("rm_importance_file and preference_config are two ways of selecting pairs: give one")
+    if not 0 <= script_args.rm_importance_min_weight < 1:
+        raise ConfigError(f"rm_importance_min_weight must be in [0, 1), got {script_args.rm_importance_min_weight}")
     if script_args.max_data_size is not None and script_args.max_data_size < 1:
         raise ConfigError(f"max_data_size must be a positive number of pairs, got {script_args.max_data_size}")
     if script_args.preference_config is not None:
@@ -97,3 +128,12 @@ def reference_model_path(model_args, training_args, script_args) -> str | None:
     """The reference model run_dpo must load, or None when it needs none in memory."""
     return shared_rule(model_args, training_args, script_args.ref_model_name_or_path,
                        precomputed_file=bool(script_args.precompute_file_path))
+
+
+def check_input_files(script_args) -> None:
+    """The analysis files a run reads exist (a recipe may name one that an earlier step of its chain writes)."""
+    for key, writer in (("rm_importance_file", "compute_lm_reward"), ("wis_importance_file", "compute_importance_weight")):
+        path = getattr(script_args, key, None)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{key} {path} does not exist (written by scripts/{writer}.py)")
+

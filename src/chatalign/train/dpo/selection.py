@@ -16,8 +16,9 @@ in one of two ways (``preference_sampling``):
   ``max_data_size`` subset.
 
 The counts per bin go to the log and to the run's ``train_results.json``. ``rm_weight_column`` copies a per-pair loss
-weight into the column the trainer reads. ``load_preference_data`` is shared by run_dpo and precompute_ref_logprobs,
-so both see the very same rows.
+weight into the column the trainer reads; ``rm_importance_file`` (LION's rm_importance selection) and
+``wis_importance_file`` (wis loss weights) are described in chatalign.train.dpo.importance. ``load_preference_data`` is
+shared by run_dpo and precompute_ref_logprobs, so both see the very same rows.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 
 from chatalign.configs import ConfigError
 from chatalign.store import seeded_rng
+from chatalign.train.dpo.importance import MU_COLUMNS, read_pair_values, rm_importance_select, values_for_rows
+from chatalign.train.dpo.reference import pair_keys
 from chatalign.train.run import load_mixture
 
 logger = logging.getLogger(__name__)
@@ -243,18 +246,61 @@ def add_pair_weights(dataset, column: str, split: str = "train"):
     return dataset.add_column(PAIR_WEIGHT, [float(v) for v in values])
 
 
+def rm_importance_selection(dataset, script_args, seed: int):
+    """LION's rm_importance selection of the training rows (chatalign.train.dpo.importance) and its counts."""
+    path = script_args.rm_importance_file
+    values = read_pair_values(path, ("weight",), "rm_importance")
+    keys = pair_keys(dataset)
+    entries = values_for_rows(keys, values, path, "rm_importance", lambda i: _row_label(dataset, i))
+    scored = np.array([i for i, e in enumerate(entries) if e is not None], dtype=np.int64)
+    picked, counts = rm_importance_select(np.array([entries[i]["weight"] for i in scored]), script_args.max_data_size,
+                                          seed, script_args.rm_importance_min_weight)
+    # A pair compute_lm_reward could not score (its prompt alone fills max_length) is one TRL drops in training too.
+    counts = {"file": str(path), "excluded: unscored (prompt fills max_length)": len(entries) - len(scored), **counts}
+    return dataset.select(scored[picked]), counts
+
+
+def add_importance_logps(dataset, path, split: str = "train"):
+    """The wis columns: log mu(y_w|x), log mu(y_l|x) of every row from an importance_weights.jsonl; rows the file
+    marks dropped are excluded (counted in the log)."""
+    from datasets import Value
+
+    values = read_pair_values(path, ("chosen_logps", "rejected_logps"), "wis_importance")
+    entries = values_for_rows(pair_keys(dataset), values, path, "wis_importance",
+                              lambda i: f"{split} {_row_label(dataset, i)}")
+    unscored = [i for i, e in enumerate(entries) if e is None]
+    if unscored:  # no log mu, so no wis weight: such a pair's prompt filled max_length under a candidate's template
+        logger.warning("wis: %d %s pairs have no log mu(y|x) in %s (dropped by max_length under a candidate): "
+                       "excluded", len(unscored), split, path)
+        keep = [i for i, e in enumerate(entries) if e is not None]
+        dataset, entries = dataset.select(keep), [entries[i] for i in keep]
+    dataset = dataset.add_column(MU_COLUMNS[0], [e["chosen_logps"] for e in entries], feature=Value("float64"))
+    return dataset.add_column(MU_COLUMNS[1], [e["rejected_logps"] for e in entries], feature=Value("float64"))
+
+
 def load_preference_data(data_args, training_args, script_args, tokenizer):
-    """(train, eval or None, counts): the mixture, its max_data_size / preference_config selection, pair weights."""
+    """(train, eval or None, counts): the mixture, its max_data_size / preference_config / rm_importance selection,
+    pair weights and wis log-probs."""
     extra = [script_args.rm_weight_column] if script_args.rm_weight_column else []
     mixture = load_mixture(data_args, "preference", training_args.seed, tokenizer, extra_columns=extra)
-    train, selection = select_preference_data(mixture.train, script_args.max_data_size,
-                                              script_args.preference_config, training_args.seed,
-                                              script_args.preference_sampling)
+    if getattr(script_args, "rm_importance_file", None):
+        train, selection = rm_importance_selection(mixture.train, script_args, training_args.seed)
+    else:
+        train, selection = select_preference_data(mixture.train, script_args.max_data_size,
+                                                  script_args.preference_config, training_args.seed,
+                                                  script_args.preference_sampling)
     evaluation = mixture.test if mixture.test is not None and training_args.eval_strategy != "no" else None
     if script_args.rm_weight_column:
         train = add_pair_weights(train, script_args.rm_weight_column, "train")
         if evaluation is not None:
             evaluation = add_pair_weights(evaluation, script_args.rm_weight_column, "test")
+    if getattr(script_args, "wis_importance_file", None):
+        before = len(train)
+        train = add_importance_logps(train, script_args.wis_importance_file, "train")
+        if len(train) < before:
+            selection = {**selection, "excluded: no log mu (prompt fills max_length)": before - len(train)}
+        if evaluation is not None:
+            evaluation = add_importance_logps(evaluation, script_args.wis_importance_file, "test")
     counts = {"train": {"rows": len(train), **({"selection": selection} if selection else {})}}
     if evaluation is not None:
         counts["test"] = {"rows": len(evaluation)}

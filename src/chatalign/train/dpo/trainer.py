@@ -1,4 +1,5 @@
-"""TRL's DPOTrainer with per-pair loss weights (``rm_weight_column``) and reference log-probs given with the data."""
+"""TRL's DPOTrainer with per-pair loss weights (``rm_weight_column``, LION's wis) and reference log-probs given with
+the data."""
 
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from chatalign.train.dpo.arguments import UNWEIGHTABLE_LOSS_TYPES
+from chatalign.train.dpo.importance import MU_COLUMNS, wis_weight
 from chatalign.train.dpo.reference import REF_COLUMNS
 from chatalign.train.dpo.selection import PAIR_WEIGHT
 
 
 @dataclass
 class WeightedPreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator plus the per-pair weight (1.0 when the rows carry none)."""
+    """TRL's preference collator plus the per-pair weight (1.0 when the rows carry none) and, where the rows carry
+    them, the wis log-probs of the generator."""
 
     def torch_call(self, examples):
         out = super().torch_call(examples)
         out[PAIR_WEIGHT] = torch.tensor([float(e.get(PAIR_WEIGHT, 1.0)) for e in examples])
+        if examples and MU_COLUMNS[0] in examples[0]:
+            for name in MU_COLUMNS:
+                out[name] = torch.tensor([float(e[name]) for e in examples], dtype=torch.float64)
         return out
 
 
@@ -83,9 +89,14 @@ class ChatalignDPOTrainer(DPOTrainer):
       before the batch mean, for every loss type with a per-pair form (not aot, aot_unpaired, sft). TRL's
       loss is computed inline, so `_compute_loss` is re-expressed here with the same operations; the logged
       metrics are TRL's.
+    * wis_gamma: LION's wis weight (chatalign.train.dpo.importance.wis_weight) from the policy's current log-probs
+      and the generator's (columns MU_COLUMNS) multiplies each pair's loss too; its batch mean is logged as
+      wis/weight. Implies weighted=True.
     """
 
-    def __init__(self, *args, weighted: bool = False, **kwargs):
+    def __init__(self, *args, weighted: bool = False, wis_gamma: float | None = None, **kwargs):
+        self.wis_gamma = wis_gamma
+        weighted = weighted or wis_gamma is not None
         self.weighted = weighted
         if weighted:
             if args or "args" not in kwargs or "processing_class" not in kwargs:
@@ -119,17 +130,19 @@ class ChatalignDPOTrainer(DPOTrainer):
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if self.weighted and PAIR_WEIGHT not in self._signature_columns:  # survive remove_unused_columns
-            self._signature_columns = [*self._signature_columns, PAIR_WEIGHT]
+            self._signature_columns = [*self._signature_columns, PAIR_WEIGHT, *MU_COLUMNS]
 
     def compute_ref_log_probs(self, model, inputs):
         # The precompute pass collates with the weighted collator too; the weight must not reach the model.
-        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != PAIR_WEIGHT})
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items()
+                                                     if k != PAIR_WEIGHT and k not in MU_COLUMNS})
 
     def _compute_loss(self, model, inputs, return_outputs):
         if not self.weighted:
             return super()._compute_loss(model, inputs, return_outputs)
         inputs = dict(inputs)
         weight = inputs.pop(PAIR_WEIGHT)
+        mu_logps = [inputs.pop(name, None) for name in MU_COLUMNS]
         mode = "train" if self.model.training else "eval"
         non_model = {"completion_mask", *REF_COLUMNS}
         model_kwargs = {k: v for k, v in inputs.items() if k not in non_model}
@@ -154,6 +167,14 @@ class ChatalignDPOTrainer(DPOTrainer):
         chosen_scores, rejected_scores = self._f_divergence_scores(chosen_logratios, rejected_logratios)
 
         weight = weight.to(device=chosen_logps.device, dtype=chosen_logps.dtype)
+        if self.wis_gamma is not None:
+            if mu_logps[0] is None:
+                raise ValueError("wis_gamma is set but the batch has no generator log-probs "
+                                 f"({', '.join(MU_COLUMNS)}): give the rows a wis_importance_file")
+            mu_chosen, mu_rejected = (m.to(device=chosen_logps.device, dtype=chosen_logps.dtype) for m in mu_logps)
+            wis = wis_weight(chosen_logps, rejected_logps, mu_chosen, mu_rejected, self.wis_gamma)
+            self._metrics[mode]["wis/weight"].append(self.accelerator.gather(wis).mean().item())
+            weight = weight * wis
         loss = 0.0
         for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
             per_sequence_loss = per_pair_losses(loss_type, self, chosen_scores, rejected_scores,
