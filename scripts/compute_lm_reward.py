@@ -52,20 +52,18 @@ def main(argv=None):
     from chatalign.analysis.lm_reward import format_reward_summary, plot_margins, reward_rows, reward_summary
     from chatalign.analysis.sequence_logps import LogpsModel, dependencies_of, logps_of_rows, pair_logps
     from chatalign.store import write_jsonl, write_text
-    from chatalign.train.dpo.arguments import check_dpo_arguments, check_input_files
+    from chatalign.train.dpo.arguments import check_dpo_run
     from chatalign.train.dpo.importance import LM_REWARD_FILE
     from chatalign.train.dpo.reference import dependency_mismatch, pair_keys, read_ref_logps_file
     from chatalign.train.dpo.selection import load_preference_data
     from chatalign.train.models import load_training_tokenizer, reference_revision
-    from chatalign.train.run import check_recipe, setup_logging
+    from chatalign.train.run import setup_logging
 
     # 1. Checks that need no data or model
     if not script_args.ref_model_name_or_path:
         raise ConfigError("ref_model_name_or_path is required: the reference of the implicit reward (LION: the DPO "
                           "model, with the SFT model as model_name_or_path)")
-    check_dpo_arguments(training_args, data_args, script_args)
-    check_input_files(script_args)
-    check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
+    check_dpo_run(model_args, data_args, training_args, script_args)
     setup_logging(training_args)
     out = Path(training_args.output_dir)
     work = out / ".work"

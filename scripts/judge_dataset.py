@@ -90,7 +90,7 @@ def main(argv=None, judge=None):
     args, judge_args, gen_args = make_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from chatalign.data.mixer import mix_datasets
+    from chatalign.data.mixer import load_split_rows
     from chatalign.judges.annotate import agreement_summary, annotate_pairs, annotator_name, format_agreement_table
     from chatalign.judges.cache import JudgmentCache
     from chatalign.judges.loading import load_judge
@@ -101,16 +101,8 @@ def main(argv=None, judge=None):
     judge = judge or load_judge(args.judge_model, judge_args, gen_args, default_kind="llm")
     name = annotator_name(judge, args.eval_mode, args.rubric, args.seed)
 
-    mixed = mix_datasets({args.dset_name: {"fraction": 1.0, "split_map": {"train": args.dset_split}}}, "preference",
-                         splits=["train"], skip_invalid=args.skip_invalid, dataset_format=args.dset_format,
-                         shuffle=False)
-    data = mixed.train
-    skipped = sum(sum(s.skipped.values()) for s in mixed.stats.rows)
-    if skipped:
-        logger.warning("%s: %d malformed rows skipped", args.dset_name, skipped)
-    if args.num_to_judge > 0:
-        data = data.select(range(min(args.num_to_judge, len(data))))
-    rows = list(data)
+    rows, _ = load_split_rows(args.dset_name, args.dset_split, "preference", args.num_to_judge, args.skip_invalid,
+                           args.dset_format)
 
     # Judging: verdicts keyed by (annotator, mode, pair); judgments through the shared cache.
     work = Path(args.work_dir)

@@ -43,17 +43,11 @@ def make_parser() -> ChatalignParser:
 def main(argv=None):
     model_args, data_args, training_args, script_args = make_parser().parse(argv)
 
-    from chatalign.train.dpo.arguments import check_dpo_arguments, check_input_files
-    from chatalign.train.dpo.reference import (
-        RefLogps,
-        compute_ref_logps,
-        open_ref_logps_file,
-        pair_keys,
-        reference_dependencies,
-    )
+    from chatalign.train.dpo.arguments import check_dpo_run
+    from chatalign.train.dpo.reference import ensure_ref_logps, reference_dependencies
     from chatalign.train.dpo.selection import load_preference_data
     from chatalign.train.models import load_model, load_training_tokenizer, reference_revision
-    from chatalign.train.run import check_recipe, setup_logging
+    from chatalign.train.run import setup_logging
 
     # 1. Checks that need no data or model
     if not script_args.precompute_file_path:
@@ -61,9 +55,7 @@ def main(argv=None):
     if model_args.load_in_4bit or model_args.load_in_8bit:
         raise ConfigError("precompute_ref_logprobs runs the reference through TRL's trainer, which refuses a quantized "
                           "model without an adapter; a QLoRA run keeps its reference online")
-    check_dpo_arguments(training_args, data_args, script_args)
-    check_input_files(script_args)
-    check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
+    check_dpo_run(model_args, data_args, training_args, script_args)
     setup_logging(training_args)
     path = Path(script_args.precompute_file_path)
 
@@ -73,26 +65,17 @@ def main(argv=None):
         train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
                                                                         tokenizer)
     dependencies = reference_dependencies(model_args, training_args, script_args, tokenizer)
-    data = open_ref_logps_file(path, dependencies) if path.exists() else RefLogps({}, set(), {})
     splits = [d for d in (train_dataset, eval_dataset) if d is not None]
 
-    # 3. Reference model, only when some pair lacks its log-probs
-    missing = sum(key not in data for d in splits for key in pair_keys(d))
-    if missing == 0 and path.exists():
-        logger.info("%s already holds the reference log-probs of all %d rows: nothing to do", path,
-                    sum(len(d) for d in splits))
-        return data
+    # 3. TRL's reference pass over the pairs the file lacks (the reference model loads only if some pair is missing),
+    # saved chunk by chunk
     ref_path = script_args.ref_model_name_or_path or model_args.model_name_or_path
-    model = load_model(model_args, training_args, tokenizer, ref_path,
-                       reference_revision(model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision))
-    model.eval()
-
-    # 4. TRL's reference pass over the missing pairs, saved chunk by chunk
-    data = compute_ref_logps(model, tokenizer, training_args, splits, path, data, dependencies)
-    logger.info("wrote %s: %d pairs (%d dropped by max_length=%s); data %s", path, len(data), len(data.dropped),
-                training_args.max_length, data_counts)
+    revision = reference_revision(model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision)
+    data, computed = ensure_ref_logps(path, dependencies, splits, tokenizer, training_args,
+                                      lambda: load_model(model_args, training_args, tokenizer, ref_path, revision))
+    logger.info("%s: %d pairs (%d computed now, %d dropped by max_length=%s); data %s", path, len(data), computed,
+                len(data.dropped), training_args.max_length, data_counts)
     return data
-
 
 if __name__ == "__main__":
     main()

@@ -87,20 +87,12 @@ def main(argv=None, scorer=None):
         scorer_kind,
     )
     from chatalign.configs import write_run_args
-    from chatalign.data.mixer import mix_datasets
+    from chatalign.data.mixer import load_split_rows
     from chatalign.store import ResumableJsonl, write_jsonl, write_text
 
     # 1. The rows (a dataset without chosen/rejected is an error naming it, before any model is touched)
-    mixed = mix_datasets({args.dataset_name: {"fraction": 1.0, "split_map": {"train": args.dataset_split}}},
-                         "preference", splits=["train"], skip_invalid=args.skip_invalid,
-                         dataset_format=args.dataset_format, shuffle=args.shuffle, seed=args.seed)
-    data = mixed.train
-    skipped = sum(sum(s.skipped.values()) for s in mixed.stats.rows)
-    if skipped:
-        logger.warning("%s: %d malformed rows skipped", args.dataset_name, skipped)
-    if args.num_samples > 0:
-        data = data.select(range(min(args.num_samples, len(data))))
-    rows = list(data)
+    rows, skipped = load_split_rows(args.dataset_name, args.dataset_split, "preference", args.num_samples, args.skip_invalid,
+                           args.dataset_format, shuffle=args.shuffle, seed=args.seed)
 
     # 2. The scorer (nothing loaded yet) and the run's identity, which the resume file must match
     model = args.model_name_or_path if scorer is None else scorer.name

@@ -23,6 +23,9 @@ Variants (recipe keys, see chatalign.train.dpo):
                         sigmoid(wis_gamma * (log pi/mu of y_w + log pi/mu of y_l)) + 1e-6 per pair, detached
   precompute_file_path  reference log-probs from scripts/precompute_ref_logprobs.py: no reference model is loaded; a
                         file that does not match this run (rows, model, tokenizer, template, max_length) is an error
+  precompute_ref_log_probs  with no file named: the reference log-probs are cached under ref_logps_cache_dir
+                        ($CHATALIGN_CACHE, ~/.cache/chatalign) keyed by a hash of what they depend on; a later run
+                        with the same reference reuses them (and says so) and computes only the pairs it lacks
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from chatalign.configs import ChatalignParser, write_run_args
 from chatalign.data.arguments import DataArguments
 from chatalign.train.dpo.arguments import DPOScriptArguments
 from chatalign.train.models import ModelArguments
-from chatalign.train.run import check_recipe, keep_secrets_out_of_files
+from chatalign.train.run import keep_secrets_out_of_files
 
 logger = logging.getLogger("run_dpo")
 
@@ -51,8 +54,14 @@ def main(argv=None):
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
     keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
 
-    from chatalign.train.dpo.arguments import check_dpo_arguments, check_input_files, reference_model_path
-    from chatalign.train.dpo.reference import attach_ref_logps, open_ref_logps_file, reference_dependencies
+    from chatalign.train.dpo.arguments import check_dpo_run, reference_model_path, use_ref_cache
+    from chatalign.train.dpo.reference import (
+        attach_ref_logps,
+        ensure_ref_logps,
+        open_ref_logps_file,
+        ref_cache_path,
+        reference_dependencies,
+    )
     from chatalign.train.dpo.selection import load_preference_data
     from chatalign.train.dpo.trainer import ChatalignDPOTrainer
     from chatalign.train.models import (
@@ -72,9 +81,7 @@ def main(argv=None):
     )
 
     # 1. Logging, checks that need no data or model, and the resolved config
-    check_dpo_arguments(training_args, data_args, script_args)
-    check_input_files(script_args)
-    check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
+    check_dpo_run(model_args, data_args, training_args, script_args)
     setup_logging(training_args)
     check_quantization_request(model_args.load_in_4bit, model_args.load_in_8bit)
     checkpoint = resolve_resume_checkpoint(training_args, configs, script_args.overwrite_output_dir)
@@ -84,14 +91,26 @@ def main(argv=None):
     # 2. Tokenizer and data: mixed, validated, selected, weighted; precomputed reference log-probs are matched to
     # the rows here, so a stale file fails before any model is loaded.
     tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    ref_name = script_args.ref_model_name_or_path or model_args.model_name_or_path
+    ref_revision = reference_revision(model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision)
     with training_args.main_process_first(desc="dataset preparation"):
         train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
                                                                         tokenizer)
         train_dataset = with_prompt_ids(train_dataset, "preference")  # for train_data_ids.csv
+        dependencies = reference_dependencies(model_args, training_args, script_args, tokenizer)
+        if use_ref_cache(model_args, training_args, script_args):
+            # No file named: the reference log-probs live in a cache keyed by their dependencies, found by every
+            # later run with the same reference; only pairs it lacks are computed (the reference loads only then).
+            script_args.precompute_file_path = str(ref_cache_path(dependencies, script_args.ref_logps_cache_dir))
+            splits = [d for d in (train_dataset, eval_dataset) if d is not None]
+            _, computed = ensure_ref_logps(script_args.precompute_file_path, dependencies, splits, tokenizer,
+                                           training_args, lambda: load_model(
+                                               model_args, training_args, tokenizer, ref_name, ref_revision))
+            logger.info("reference log-probs cache %s: %d pairs computed now, %d reused",
+                        script_args.precompute_file_path, computed, sum(len(d) for d in splits) - computed)
         if script_args.precompute_file_path:
             path = script_args.precompute_file_path
-            ref_logps = open_ref_logps_file(path, reference_dependencies(model_args, training_args, script_args,
-                                                                         tokenizer))
+            ref_logps = open_ref_logps_file(path, dependencies)
             train_dataset = attach_ref_logps(train_dataset, ref_logps, path, "training")
             if eval_dataset is not None:
                 eval_dataset = attach_ref_logps(eval_dataset, ref_logps, path, "test")
@@ -101,8 +120,7 @@ def main(argv=None):
     # dtype, attention and pad-token handling; with PEFT or precomputed log-probs it needs none.
     model = load_model(model_args, training_args, tokenizer)
     ref_path = reference_model_path(model_args, training_args, script_args)
-    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path, reference_revision(
-        model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision))
+    ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path, ref_revision)
 
     # 4. Trainer
     trainer = ChatalignDPOTrainer(

@@ -756,3 +756,27 @@ def test_wis_trainer_multiplies_each_pairs_loss_by_its_weight(models, tmp_path):
     assert len(logged) == 1 and 0 < logged[0] < 1
     with pytest.raises(ValueError, match="wis_gamma is set but the batch has no generator log-probs"):
         trainer.compute_loss(policy, trainer.data_collator(rows))
+
+
+def test_reference_logps_are_cached_by_their_dependencies_and_reused(run_dpo, precomputed, tmp_path, monkeypatch,
+                                                                      caplog):
+    """precompute_ref_log_probs with no file named: the first run computes the reference log-probs into a cache keyed
+    by what they depend on, a second run (another output_dir, more steps) loads them and computes nothing."""
+    import chatalign.train.dpo.reference as reference
+
+    path, argv = precomputed
+    pairs = len(read_ref_logps_file(path))
+    argv = [a for a in argv if not a.startswith(("--output_dir", "--precompute_file_path"))]
+    argv += ["--precompute_ref_log_probs=true", f"--ref_logps_cache_dir={tmp_path / 'cache'}", "--max_steps=2"]
+    first = run_dpo.main([*argv, f"--output_dir={tmp_path / 'first'}"])
+    cached = list((tmp_path / "cache" / "ref_logps").glob("*.parquet"))
+    assert len(cached) == 1 and read_ref_logps_file(cached[0]).logps == read_ref_logps_file(path).logps
+    assert first.ref_model is None
+    with monkeypatch.context() as patch, caplog.at_level("INFO"):
+        patch.setattr(reference, "compute_ref_logps", lambda *a, **k: pytest.fail("recomputed"))
+        second = run_dpo.main([*argv, f"--output_dir={tmp_path / 'second'}"])
+    assert f"reference log-probs of all {pairs} pairs loaded from {cached[0]}" in caplog.text
+    assert [h.get("loss") for h in first.state.log_history] == [h.get("loss") for h in second.state.log_history]
+    # Another max_length is another dependency: another cache file, computed afresh.
+    run_dpo.main([*argv, "--max_length=48", f"--output_dir={tmp_path / 'third'}"])
+    assert len(list((tmp_path / "cache" / "ref_logps").glob("*.parquet"))) == 2

@@ -388,3 +388,19 @@ def _record_final(mixed: EpochResampledDataset, pool_stats: dict[str, SourceStat
         if len(rows):
             row = pool_stats[label]
             row.mean_turns, row.mean_tokens, row.max_tokens = token_stats(mixed.pool.select(rows), tokenizer)
+
+
+def load_split_rows(name: str, split: str, schema: str, limit: int = -1, skip_invalid: bool = True,
+                    dataset_format: str | None = None, shuffle: bool = False, seed: int = 42) -> tuple[list[dict], int]:
+    """(rows, malformed rows skipped) of one dataset's split in `schema`: the first `limit` rows (-1: all; seeded
+    when `shuffle`), for scripts that read one dataset rather than a training mixture. Malformed rows are skipped and
+    counted (`skip_invalid`), or are an error naming them."""
+    mixed = mix_datasets({name: {"fraction": 1.0, "split_map": {TRAIN: split}}}, schema, splits=[TRAIN],
+                         skip_invalid=skip_invalid, dataset_format=dataset_format, shuffle=shuffle, seed=seed)
+    skipped = sum(sum(s.skipped.values()) for s in mixed.stats.rows)
+    if skipped:
+        logger.warning("%s: %d malformed rows skipped", name, skipped)
+    data = mixed.train
+    if limit > 0:
+        data = data.select(range(min(limit, len(data))))
+    return list(data), skipped

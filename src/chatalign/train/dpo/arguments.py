@@ -10,7 +10,7 @@ from typing import Any, Literal
 from chatalign.configs import ConfigError
 from chatalign.train.dpo.selection import parse_preference_config
 from chatalign.train.models import reference_model_path as shared_rule
-from chatalign.train.run import RunArguments
+from chatalign.train.run import RunArguments, check_recipe
 
 # Every DPO loss TRL 1.16 implements (`DPOTrainer._compute_loss`); DPOConfig itself accepts any string.
 TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -76,6 +76,13 @@ class DPOScriptArguments(RunArguments):
         },
     )
     wis_gamma: float = field(default=0.01, metadata={"help": "wis: the gamma of the weight (LION: 0.01)."})
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "With precompute_ref_log_probs and no precompute_file_path: where reference log-probs are cached, "
+            "keyed by a hash of what they depend on (default $CHATALIGN_CACHE, else ~/.cache/chatalign)."
+        },
+    )
     precompute_file_path: str | None = field(
         default=None,
         metadata={
@@ -136,4 +143,21 @@ def check_input_files(script_args) -> None:
         path = getattr(script_args, key, None)
         if path and not Path(path).is_file():
             raise ConfigError(f"{key} {path} does not exist (written by scripts/{writer}.py)")
+
+
+def check_dpo_run(model_args, data_args, training_args, script_args) -> None:
+    """Every check of a DPO recipe that needs no data or model: its keys, the analysis files it reads, the models and
+    data it names (shared by run_dpo, precompute_ref_logprobs and compute_lm_reward)."""
+    check_dpo_arguments(training_args, data_args, script_args)
+    check_input_files(script_args)
+    check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
+
+
+def use_ref_cache(model_args, training_args, script_args) -> bool:
+    """Whether run_dpo keeps its reference log-probs in the dependency-keyed cache: precompute_ref_log_probs without a
+    file named, one process (several processes keep TRL's own in-run pass, which shards it), no quantization (TRL's
+    pass refuses a quantized model without an adapter), no synced reference."""
+    return bool(training_args.precompute_ref_log_probs and not script_args.precompute_file_path
+                and training_args.world_size == 1 and not (model_args.load_in_4bit or model_args.load_in_8bit)
+                and not training_args.sync_ref_model)
 

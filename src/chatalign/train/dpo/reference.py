@@ -10,6 +10,11 @@ File format (one parquet file, written atomically):
              precision, quantization, tokenizer hash, chat template hash, max_length, truncation_mode,
              ld_alpha}, "rows": n}
 A run reuses the file only when every dependency matches; otherwise the first differing one is named.
+
+Without a file named, a run with precompute_ref_log_probs keeps its reference log-probs in a cache keyed by the hash
+of those dependencies (``<ref_logps_cache_dir or $CHATALIGN_CACHE or ~/.cache/chatalign>/ref_logps/<hash>.parquet``):
+every later run, epoch or recipe with the same reference, tokenizer, template and max_length finds it and computes
+only the pairs it lacks.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,3 +298,30 @@ def compute_ref_logps(model, tokenizer, training_args, datasets_to_do, path, dat
         logger.info("reference log-probs: %d / %d pairs done (%d dropped by max_length)",
                     min(start + chunk_rows, len(todo)), len(todo), len(data.dropped))
     return data
+
+
+def ref_cache_path(dependencies: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """Where reference log-probs with these dependencies live when no precompute_file_path is named."""
+    root = Path(cache_dir or os.environ.get("CHATALIGN_CACHE") or "~/.cache/chatalign").expanduser()
+    return root / "ref_logps" / f"{content_hash(dict(dependencies))[:32]}.parquet"
+
+
+def ensure_ref_logps(path: str | Path, dependencies: Mapping[str, Any], splits: list, tokenizer, training_args,
+                     load_reference) -> tuple[RefLogps, int]:
+    """The reference log-probs of every pair of `splits` in the file at `path` (matching `dependencies`), computing
+    only the missing ones; `load_reference()` loads the reference model, called only when some pair is missing.
+    Returns the contents and how many pairs this call computed."""
+    path = Path(path)
+    data = open_ref_logps_file(path, dependencies) if path.exists() else RefLogps({}, set(), {})
+    missing = {key for split in splits for key in pair_keys(split) if key not in data}
+    if not missing and path.exists():
+        logger.info("reference log-probs of all %d pairs loaded from %s: the reference model is not loaded",
+                    sum(len(s) for s in splits), path)
+        return data, 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = load_reference()
+    model.eval()
+    data = compute_ref_logps(model, tokenizer, training_args, splits, path, data, dependencies)
+    del model
+    return data, len(missing)
+
