@@ -3,7 +3,7 @@ PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 STAMP := .make/installed
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow bench lint clean
 
 # torch first: 2.13.0 resolves to the CPU wheel on disk; without it pip would pull CUDA builds.
 $(STAMP): setup.py requirements.txt
@@ -32,6 +32,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow tests
+
+bench: $(STAMP)
+	$(PYTHON) benchmarks/run.py
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check src scripts tests

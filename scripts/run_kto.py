@@ -91,10 +91,11 @@ def main(argv=None):
 
     # 3. Policy and reference. The reference is loaded like the policy (same dtype, pad token and embedding size)
     # from ref_model_name_or_path or the policy's path; none with PEFT or precomputed reference log-probs.
-    model = load_model(model_args, training_args, tokenizer)
+    model = load_model(model_args, training_args, tokenizer, padding_free=script_args.padding_free)
     ref_path = reference_model_path(model_args, training_args, script_args.ref_model_name_or_path)
     ref_model = load_reference_model(model_args, training_args, tokenizer, model, ref_path, reference_revision(
-        model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision))
+        model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision),
+        padding_free=script_args.padding_free)
 
     # 4. Trainer
     trainer_class, extra = ChatalignKTOTrainer, {}
@@ -110,6 +111,7 @@ def main(argv=None):
         peft_config=peft_config(model_args),
         callbacks=[RecordRunArgsCallback(configs)],
         max_prompt_length=script_args.max_prompt_length,
+        padding_free=script_args.padding_free,
         **extra,
     )
 

@@ -24,6 +24,15 @@ import torch
 from trl import KTOTrainer
 
 from chatalign.store import prompt_id, seeded_rng
+from chatalign.train.padding_free import (
+    FlatForward,
+    PaddingFreeUnpairedCollator,
+    flat_forward,
+    is_flat,
+    padded_layout,
+    reference_forward,
+    reference_in_batch,
+)
 from chatalign.train.run import RunArguments
 
 logger = logging.getLogger(__name__)
@@ -60,6 +69,12 @@ class KTOScriptArguments(RunArguments):
         default=None,
         metadata={"help": "When prompt + completion exceed max_length, keep only the last max_prompt_length prompt "
                           "tokens (TRL < 1.0 behaviour; TRL 1.16 removed the key). None: prompts are never cut."},
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Flatten each batch into one row with per-sequence position_ids (no padding), for the "
+                          "completions and the KL completions; same loss as padded batches (KTOConfig has no such "
+                          "key, unlike DPOConfig)."},
     )
 
     def __post_init__(self):
@@ -198,21 +213,70 @@ def _rotate_kl_completions(batch):
 
 
 class ChatalignKTOTrainer(KTOTrainer):
-    """TRL's KTOTrainer with max_prompt_length and counted length handling (`data_counts[split]`).
+    """TRL's KTOTrainer with max_prompt_length, counted length handling (`data_counts[split]`) and padding-free
+    batches.
 
     TRL tokenizes, drops rows whose prompt fills max_length, then builds the KL completions by rotating completions
     inside batch-sized blocks. Prompt truncation must run between tokenizing and those two steps (a truncated prompt
     must not be dropped, and a drop after the rotation would shift the blocks), so TRL runs with both steps off and
     they are redone here.
+
+    padding_free (default: args.padding_free where the config has it): the completions and the KL completions are
+    each one flattened row (PaddingFreeUnpairedCollator); the per-token outputs go back to the padded layout, where
+    TRL's loss and metrics run unchanged (chatalign.train.padding_free).
     """
 
     pair_rows = False  # nnPU: rows 2k and 2k+1 are a (real, generated) pair, kept or dropped together
     uses_kl_completions = True  # nnPU estimates KL from the batch itself and needs no mismatched-pair forward
 
-    def __init__(self, *args, max_prompt_length: int | None = None, **kwargs):
+    def __init__(self, *args, max_prompt_length: int | None = None, padding_free: bool | None = None, **kwargs):
         self.max_prompt_length = max_prompt_length  # read by _prepare_dataset, which runs inside super().__init__
         self.data_counts: dict[str, dict[str, int]] = {}
+        config = kwargs.get("args")
+        if padding_free is None:
+            padding_free = bool(getattr(config, "padding_free", False))
+        if padding_free:
+            if args or config is None:
+                raise TypeError("ChatalignKTOTrainer(padding_free=True) takes model, args, ... as keyword arguments")
+            if kwargs.get("data_collator") is not None:
+                raise ValueError("padding_free=True flattens batches with its own collator; a data_collator cannot "
+                                 "be given with it")
+            kwargs["data_collator"] = PaddingFreeUnpairedCollator(max_length=config.max_length)
         super().__init__(*args, **kwargs)
+        self.padding_free = padding_free
+        if padding_free and self._is_vision_dataset:
+            raise ValueError("padding_free=True is not supported for vision datasets")
+
+    # -- padding-free: the forwards on the flattened rows, TRL's loss on the padded layout ---------------------------
+
+    def compute_ref_log_probs(self, model, inputs):
+        if not is_flat(inputs):
+            return super().compute_ref_log_probs(model, inputs)
+        with reference_forward(self):
+            logps = flat_forward(model, inputs).log_probs.sum(-1)
+            kl_logps = flat_forward(model, inputs, "KL_").log_probs.sum(-1) if self.calculate_KL else None
+        return logps, kl_logps
+
+    def _compute_kl_logps(self, model, batch):
+        if not isinstance(model, FlatForward):
+            return super()._compute_kl_logps(model, batch)
+        if not self.calculate_KL:
+            return None
+        with torch.no_grad():
+            return model.part("KL_").log_probs.sum(-1)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if not is_flat(inputs):
+            return super()._compute_loss(model, inputs, return_outputs)
+        batch = padded_layout(inputs, ("", "KL_") if is_flat(inputs, "KL_") else ("",))
+        if not self.precompute_ref_logps:  # the reference model, or the policy with its adapter disabled (PEFT)
+            ref_logps, ref_kl_logps = self.compute_ref_log_probs(
+                self.ref_model if self.ref_model is not None else self.model, inputs)
+            batch["ref_logps"] = ref_logps
+            if ref_kl_logps is not None:
+                batch["ref_KL_logps"] = ref_kl_logps
+        with reference_in_batch(self):
+            return super()._compute_loss(FlatForward(model, inputs), batch, return_outputs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         from trl.trainer.utils import global_then_local_main_first
@@ -290,8 +354,11 @@ class NNPUKTOTrainer(ChatalignKTOTrainer):
         super().__init__(*args, **kwargs)
 
     def _completion_logps(self, model, batch):
-        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
         kwargs = {"output_router_logits": True} if self.aux_loss_enabled else {}
+        if is_flat(batch):
+            outputs = flat_forward(model, batch, **kwargs)
+            return outputs.log_probs.sum(-1), outputs
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
                         use_cache=False, fused_lm_head=True, **kwargs)
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens (as TRL).

@@ -33,10 +33,41 @@ def load_training_tokenizer(model_args: ModelArguments, chat_template: str | Non
     return tokenizer
 
 
+def flash_attention_2_available() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def trains_padding_free(training_args) -> bool:
+    """Whether the trainer flattens its batches into one row with restarting position_ids: TRL's padding_free, or
+    SFT packing with a best-fit strategy (which TRL trains padding-free)."""
+    if getattr(training_args, "padding_free", False):
+        return True
+    return bool(getattr(training_args, "packing", False)) and getattr(
+        training_args, "packing_strategy", None) in ("bfd", "bfd_split")
+
+
+def select_attn_implementation(requested: str | None, padding_free: bool) -> tuple[str | None, str]:
+    """The attention to load and why. Padding-free training with sdpa (or nothing asked) gets flash_attention_2 where
+    flash-attn is installed (varlen itself, from position_ids), else chatalign_varlen (per-sequence sdpa, no dense
+    T x T mask); any other explicit choice is kept."""
+    if not padding_free:
+        return requested, "as the recipe asks" if requested else "not set"
+    if requested not in (None, "sdpa"):
+        return requested, "as the recipe asks, kept for padding-free training"
+    if flash_attention_2_available():
+        return "flash_attention_2", "padding-free training, flash-attn installed"
+    from chatalign.train.varlen import VARLEN_ATTENTION  # registers it with transformers
+
+    return VARLEN_ATTENTION, "padding-free training without flash-attn: per-sequence sdpa"
+
+
 def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_or_path: str | None = None,
-               revision: str | None = None):
+               revision: str | None = None, padding_free: bool | None = None):
     """A causal LM in the recipe's dtype and attention, quantized where asked, with a pad token distinct from eos;
-    `model_name_or_path` and `revision` default to the policy's."""
+    `model_name_or_path` and `revision` default to the policy's. `padding_free` (default: what training_args say,
+    trains_padding_free) picks a varlen attention for flattened batches (select_attn_implementation)."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
@@ -46,8 +77,12 @@ def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     kwargs = dict(revision=revision or model_args.model_revision, dtype=dtype,
                   trust_remote_code=getattr(training_args, "trust_remote_code", False))
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
+    if padding_free is None:
+        padding_free = trains_padding_free(training_args)
+    attn_implementation, why = select_attn_implementation(model_args.attn_implementation, padding_free)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    logger.info("attention: %s (%s)", attn_implementation or "transformers' default", why)
     if quantization_config is not None:
         from accelerate import PartialState
 
@@ -101,16 +136,16 @@ def reference_revision(model_args: ModelArguments, ref_model_name_or_path: str |
 
 
 def load_reference_model(model_args: ModelArguments, training_args, tokenizer, policy, path: str | None,
-                         revision: str | None = None):
+                         revision: str | None = None, padding_free: bool | None = None):
     """The frozen reference from `path` at `revision` (None: no reference model), with as many embedding rows as
-    the policy.
+    the policy, and the policy's attention rule (`padding_free` as in load_model).
 
     load_model may have grown the policy's embeddings for a new pad token; loading the reference afterwards finds the
     pad token already there and would not resize, yet it sees the same padded batches.
     """
     if path is None:
         return None
-    ref = load_model(model_args, training_args, tokenizer, path, revision)
+    ref = load_model(model_args, training_args, tokenizer, path, revision, padding_free=padding_free)
     rows = policy.get_input_embeddings().weight.shape[0]
     if ref.get_input_embeddings().weight.shape[0] != rows:
         ref.resize_token_embeddings(rows)

@@ -279,6 +279,7 @@ def compute_ref_logps(model, tokenizer, training_args, datasets_to_do, path, dat
     args.precompute_ref_log_probs = True
     args.report_to = []
     args.eval_strategy = "no"  # this trainer only runs the reference pass; every split goes through it as "train"
+    args.padding_free = False  # TRL's stock trainer would only warn and pad; the numbers are the same either way
     batch_size = args.precompute_ref_batch_size or args.per_device_train_batch_size
     trainer = None
     for start in range(0, len(todo), chunk_rows):

@@ -1,5 +1,5 @@
-"""TRL's DPOTrainer with per-pair loss weights (``rm_weight_column``, LION's wis) and reference log-probs given with
-the data."""
+"""TRL's DPOTrainer with per-pair loss weights (``rm_weight_column``, LION's wis), reference log-probs given with
+the data, and padding-free batches (chatalign.train.padding_free)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,21 @@ from chatalign.train.dpo.arguments import UNWEIGHTABLE_LOSS_TYPES
 from chatalign.train.dpo.importance import MU_COLUMNS, wis_weight
 from chatalign.train.dpo.reference import REF_COLUMNS
 from chatalign.train.dpo.selection import PAIR_WEIGHT
+from chatalign.train.padding_free import (
+    FlatForward,
+    PaddingFreePreferenceCollator,
+    is_flat,
+    padded_layout,
+    reference_in_batch,
+)
+
+
+def _with_pair_columns(out, examples):
+    out[PAIR_WEIGHT] = torch.tensor([float(e.get(PAIR_WEIGHT, 1.0)) for e in examples])
+    if examples and MU_COLUMNS[0] in examples[0]:
+        for name in MU_COLUMNS:
+            out[name] = torch.tensor([float(e[name]) for e in examples], dtype=torch.float64)
+    return out
 
 
 @dataclass
@@ -24,12 +39,15 @@ class WeightedPreferenceCollator(DataCollatorForPreference):
     them, the wis log-probs of the generator."""
 
     def torch_call(self, examples):
-        out = super().torch_call(examples)
-        out[PAIR_WEIGHT] = torch.tensor([float(e.get(PAIR_WEIGHT, 1.0)) for e in examples])
-        if examples and MU_COLUMNS[0] in examples[0]:
-            for name in MU_COLUMNS:
-                out[name] = torch.tensor([float(e[name]) for e in examples], dtype=torch.float64)
-        return out
+        return _with_pair_columns(super().torch_call(examples), examples)
+
+
+@dataclass
+class WeightedPaddingFreeCollator(PaddingFreePreferenceCollator):
+    """The padding-free preference collator plus the columns of WeightedPreferenceCollator."""
+
+    def torch_call(self, examples):
+        return _with_pair_columns(super().torch_call(examples), examples)
 
 
 def per_pair_losses(loss_type: str, trainer, chosen_scores, rejected_scores, chosen_logratios, rejected_logratios,
@@ -92,16 +110,28 @@ class ChatalignDPOTrainer(DPOTrainer):
     * wis_gamma: LION's wis weight (chatalign.train.dpo.importance.wis_weight) from the policy's current log-probs
       and the generator's (columns MU_COLUMNS) multiplies each pair's loss too; its batch mean is logged as
       wis/weight. Implies weighted=True.
+    * args.padding_free: each batch is one flattened row (PaddingFreePreferenceCollator), for the policy and the
+      reference forward alike; the per-token outputs go back to the padded layout, where the loss (TRL's, or the
+      weighted one) and the metrics are computed as for a padded batch. TRL 1.16 switches padding_free off with a
+      warning; the flag is taken before that and kept as `self.padding_free` (and in args).
     """
 
     def __init__(self, *args, weighted: bool = False, wis_gamma: float | None = None, **kwargs):
         self.wis_gamma = wis_gamma
         weighted = weighted or wis_gamma is not None
         self.weighted = weighted
+        config = kwargs.get("args")
+        padding_free = bool(getattr(config, "padding_free", False))
+        if (weighted or padding_free) and (args or "args" not in kwargs or "processing_class" not in kwargs):
+            raise TypeError(f"ChatalignDPOTrainer({'weighted' if weighted else 'padding_free'}=True) takes model, "
+                            "args, processing_class, ... as keyword arguments")
+        if padding_free:
+            if kwargs.get("data_collator") is not None:
+                raise ValueError("padding_free=True flattens batches with its own collator; a data_collator cannot "
+                                 "be given with it")
+            collator = WeightedPaddingFreeCollator if weighted else PaddingFreePreferenceCollator
+            kwargs["data_collator"] = collator(max_length=config.max_length, truncation_mode=config.truncation_mode)
         if weighted:
-            if args or "args" not in kwargs or "processing_class" not in kwargs:
-                raise TypeError("ChatalignDPOTrainer(weighted=True) takes model, args, processing_class, ... as "
-                                "keyword arguments")
             bad = [t for t in kwargs["args"].loss_type if t in UNWEIGHTABLE_LOSS_TYPES]
             if bad:
                 raise ValueError(f"per-pair weights do not apply to loss_type '{bad[0]}': "
@@ -115,7 +145,16 @@ class ChatalignDPOTrainer(DPOTrainer):
                     max_length=config.max_length, truncation_mode=config.truncation_mode,
                     pad_to_multiple_of=config.pad_to_multiple_of,
                 )  # fmt: skip
-        super().__init__(*args, **kwargs)
+        if padding_free:
+            config.padding_free = False  # TRL would warn that it falls back to padding; this trainer does not
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if padding_free:
+                config.padding_free = True
+        self.padding_free = padding_free
+        if padding_free and self._is_vision_dataset:
+            raise ValueError("padding_free=True is not supported for vision datasets")
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         if set(REF_COLUMNS) <= set(dataset.column_names):
@@ -134,10 +173,24 @@ class ChatalignDPOTrainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         # The precompute pass collates with the weighted collator too; the weight must not reach the model.
-        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items()
-                                                     if k != PAIR_WEIGHT and k not in MU_COLUMNS})
+        inputs = {k: v for k, v in inputs.items() if k != PAIR_WEIGHT and k not in MU_COLUMNS}
+        if is_flat(inputs):  # TRL's computation on the padded layout, the forward on the flattened row
+            return super().compute_ref_log_probs(FlatForward(model, inputs), padded_layout(inputs))
+        return super().compute_ref_log_probs(model, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):
+        if not is_flat(inputs):
+            return self._padded_loss(model, inputs, return_outputs)
+        # Padding-free: the reference log-probs of the flattened batch first (unless given), then the loss code of a
+        # padded batch, whose policy forward runs on the flattened row.
+        batch = padded_layout(inputs)
+        if not self.precompute_ref_logps:  # the reference model, or the policy with its adapter disabled (PEFT)
+            batch[REF_COLUMNS[0]], batch[REF_COLUMNS[1]] = self.compute_ref_log_probs(
+                self.ref_model if self.ref_model is not None else self.model, inputs)
+        with reference_in_batch(self):
+            return self._padded_loss(FlatForward(model, inputs), batch, return_outputs)
+
+    def _padded_loss(self, model, inputs, return_outputs):
         if not self.weighted:
             return super()._compute_loss(model, inputs, return_outputs)
         inputs = dict(inputs)
