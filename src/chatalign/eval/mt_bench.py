@@ -159,20 +159,27 @@ def single_matches(questions: list[dict], models: Iterable[str], answers: Mappin
     """Every (question, model, turn) single-answer judgment FastChat's gen_judgment.py makes, in its order: turn 1
     without, then with reference, then turn 2 likewise. Each: {question, model, turn, judge_prompt, messages}."""
     matches = []
+    for name, multi_turn, question, reference in _judged_questions(SINGLE_JUDGES, questions, references):
+        for model in models:
+            messages = single_prompt(prompts[name], question, answers[model][question["question_id"]], reference,
+                                     multi_turn)
+            matches.append({"question": question, "model": model, "turn": 2 if multi_turn else 1,
+                            "judge_prompt": name, "messages": messages})
+    return matches
+
+
+def _judged_questions(judges: Mapping[str, tuple], questions: list[dict], references: Mapping[Any, dict] | None):
+    """(judge prompt, multi_turn, question, reference or None) in gen_judgment.py's order: turn 1 without, then with
+    reference, then turn 2 likewise; a reference-guided prompt only for NEED_REF_CATS, turn 2 only for 2-turn
+    questions."""
     for key in ("default", "math", "default-mt", "math-mt"):
-        name, with_reference, multi_turn = SINGLE_JUDGES[key]
+        name, with_reference, multi_turn = judges[key]
         for question in questions:
             if (question["category"] in NEED_REF_CATS) != with_reference:
                 continue
             if multi_turn and len(question["turns"]) != 2:
                 continue
-            reference = _reference_for(question, references) if with_reference else None
-            for model in models:
-                messages = single_prompt(prompts[name], question, answers[model][question["question_id"]],
-                                         reference, multi_turn)
-                matches.append({"question": question, "model": model, "turn": 2 if multi_turn else 1,
-                                "judge_prompt": name, "messages": messages})
-    return matches
+            yield name, multi_turn, question, _reference_for(question, references) if with_reference else None
 
 
 def pair_matches(questions: list[dict], model: str, baseline: str, answers: Mapping[str, Mapping[Any, dict]],
@@ -180,19 +187,12 @@ def pair_matches(questions: list[dict], model: str, baseline: str, answers: Mapp
     """Every game pair of FastChat's pairwise-baseline mode, in its order (model_1 the model, model_2 the baseline),
     each with the judge's messages for both orders: g1 shows model_1 as A, g2 shows model_2 as A."""
     matches = []
-    for key in ("default", "math", "default-mt", "math-mt"):
-        name, with_reference, multi_turn = PAIR_JUDGES[key]
-        for question in questions:
-            if (question["category"] in NEED_REF_CATS) != with_reference:
-                continue
-            if multi_turn and len(question["turns"]) != 2:
-                continue
-            reference = _reference_for(question, references) if with_reference else None
-            first, second = answers[model][question["question_id"]], answers[baseline][question["question_id"]]
-            matches.append({"question": question, "model_1": model, "model_2": baseline,
-                            "turn": 2 if multi_turn else 1, "judge_prompt": name,
-                            "g1_messages": pair_prompt(prompts[name], question, first, second, reference, multi_turn),
-                            "g2_messages": pair_prompt(prompts[name], question, second, first, reference, multi_turn)})
+    for name, multi_turn, question, reference in _judged_questions(PAIR_JUDGES, questions, references):
+        first, second = answers[model][question["question_id"]], answers[baseline][question["question_id"]]
+        matches.append({"question": question, "model_1": model, "model_2": baseline,
+                        "turn": 2 if multi_turn else 1, "judge_prompt": name,
+                        "g1_messages": pair_prompt(prompts[name], question, first, second, reference, multi_turn),
+                        "g2_messages": pair_prompt(prompts[name], question, second, first, reference, multi_turn)})
     return matches
 
 
