@@ -27,6 +27,26 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) for `handler`, serving while the `with` block runs."""
+
+    def __init__(self, handler):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
 class Stub:
     """An OpenAI-compatible stub on 127.0.0.1: `script` is a list of (status, delay_s) for successive chat requests
     (then 200 at once). Every choice's content is "seed=<seed> n=<i>" unless `content` is set."""
@@ -92,17 +112,12 @@ class Stub:
                 self._reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                   "choices": choices})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.loopback = LoopbackServer(Handler)
+        self.url = self.loopback.url
 
     def __enter__(self):
-        self.thread.start()
+        self.loopback.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.loopback.__exit__(*exc)

@@ -4,7 +4,9 @@ after a number of them, like a judge killed mid-run."""
 import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from helpers.chat_stub import LoopbackServer
 
 
 class CountingProxy:
@@ -60,16 +62,12 @@ class CountingProxy:
             def do_POST(self):
                 self._forward("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.loopback = LoopbackServer(Handler)
+        self.url = self.loopback.url
 
     def __enter__(self):
-        self.thread.start()
+        self.loopback.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.loopback.__exit__(*exc)
