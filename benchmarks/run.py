@@ -72,7 +72,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-    from pairs import PAIRS, matmul_peak
+    from common import matmul_peak
+    from pairs import PAIRS
 
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: this machine has no CUDA GPU; no GPU figure is written without one")

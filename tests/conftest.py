@@ -7,6 +7,7 @@ user would give them and need no test-only branch.
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# What chatalign caches between runs (prepared rows, reference log-probs) goes to this session's own folder.
+os.environ.setdefault("CHATALIGN_CACHE", tempfile.mkdtemp(prefix="chatalign-test-cache-"))
 
 # Special tokens every chat template we ship can be tokenized with as single ids.
 SPECIAL_TOKENS = [

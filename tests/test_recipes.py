@@ -16,7 +16,7 @@ ANALYSIS_SCRIPT_FOR_TASK = {"dset_prediction": "dset_prediction", "predict_prefe
 RECIPES = [p for p in ALL_RECIPES if p.parent.name not in ANALYSIS_SCRIPT_FOR_TASK]
 ANALYSIS_RECIPES = [p for p in ALL_RECIPES if p.parent.name in ANALYSIS_SCRIPT_FOR_TASK]
 SCRIPT_FOR_TASK = {"sft": "run_sft", "dpo": "run_dpo", "kto": "run_kto", "selfplay": "run_kto",
-                   "lm_reward": "compute_lm_reward", "importance_weight": "compute_importance_weight"}
+                   "lm_reward": "compute_lm_reward", "importance_weight": "compute_importance_weight", "rl": "run_rl"}
 # GPU recipes ask for bf16; TrainingArguments refuses bf16 on a CPU-only machine, so validate them as CPU runs.
 CPU_OVERRIDES = ["--bf16=false", "--use_cpu=true"]
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -79,6 +79,13 @@ def test_recipe_parses_names_what_exists_and_passes_its_checks(recipe: Path):
         from chatalign.train.kto import check_kto_arguments
 
         check_kto_arguments(script_args, training_args, data_args)
+    elif script_name == "run_rl":
+        from chatalign.train.rl import check_rl_run
+
+        check_rl_run(script_args, training_args, data_args)
+    # Preference training is padding-free in every shipped recipe (issue 15: the fast path is the default).
+    if recipe.parent.name in ("dpo", "kto"):
+        assert (training_args if script_name == "run_dpo" else script_args).padding_free, f"{recipe}: padding_free"
     # alignment-handbook and LION give zephyr conversations an empty system turn; so do its recipes.
     if recipe.parts[-3] == "zephyr-7b-beta":
         assert data_args.chat_template == "zephyr" and data_args.auto_insert_empty_system_msg
@@ -101,3 +108,23 @@ def test_analysis_recipe_parses_and_names_what_exists(recipe: Path):
                if name and name not in USER_PRODUCED and where_is(name) == "missing"}
     assert missing == {}
     assert values["output_dir"] and where_is(values["output_dir"]) != "hub"
+
+
+# recipes/blocks.yaml holds Open-Assistant-style named blocks (`--configs defaults <model>`), not one recipe.
+BLOCKS = REPO / "recipes" / "blocks.yaml"
+MODEL_BLOCKS = [name for name in yaml.safe_load(BLOCKS.read_text()) if name != "defaults"]
+
+
+@pytest.mark.parametrize("block", MODEL_BLOCKS)
+def test_each_model_block_composes_with_the_defaults_and_names_what_exists(block):
+    text = BLOCKS.read_text()
+    assert text.splitlines()[0].startswith("# ") and "scripts/run_sft.py recipes/blocks.yaml --configs defaults" in text
+    parser = load_script("run_sft").make_parser()
+    model_args, data_args, training_args, _ = parser.parse([str(BLOCKS), "--configs", "defaults", block,
+                                                            *CPU_OVERRIDES])
+    assert parser.sources["model_name_or_path"] == f"block '{block}' of '{BLOCKS}'"
+    named = {"model_name_or_path": model_args.model_name_or_path, **{s: s for s in data_args.dataset_mixer}}
+    assert {key: name for key, name in named.items() if where_is(name) == "missing"} == {}
+    if data_args.chat_template:
+        resolve_chat_template(data_args.chat_template)
+    assert training_args.output_dir and where_is(training_args.output_dir) != "hub"

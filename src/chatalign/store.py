@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 # Content ids
 
 
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where chatalign keeps what it computed once: `cache_dir`, else $CHATALIGN_CACHE, else ~/.cache/chatalign."""
+    return Path(cache_dir or os.environ.get("CHATALIGN_CACHE") or "~/.cache/chatalign").expanduser()
+
+
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of a value: sorted keys, no spaces, non-ASCII kept; non-JSON values as str()."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)

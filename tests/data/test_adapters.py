@@ -549,6 +549,14 @@ def test_tora_gsm8k_trajectories_real_rows(real):
     assert split[sft["prompt_id"].index("462")]["messages"][2] == U("```output\n71.0\n```")
 
 
+def test_tora_gsm8k_rows_as_prompts_carry_the_gold_answer(real):
+    ds = real(f"{TORA}/gsm8k_test_outputs.jsonl")
+    assert detect_format(ds.column_names, "prompt") == "tora_gsm8k_prompt"
+    out, counts = normalize_dataset(ds, "gsm8k_test_outputs.jsonl", "prompt")
+    assert len(out) == 1319 and counts == Counter()
+    assert out[0] == {"prompt": [U(ds[0]["question"])], "prompt_id": "0", "reference": "18"}  # gt, for RL rewards
+
+
 def test_answers_match():
     assert answers_match("5600", "5,600")
     assert answers_match("18.00001", "18")

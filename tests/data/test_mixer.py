@@ -141,6 +141,14 @@ def test_sft_sources_convert_to_prompts(two_sources):
     assert prompts[3]["prompt"] == [{"role": "user", "content": "A-q3"}] and prompts[3]["reference"] == "A-a3"
 
 
+def test_preference_sources_convert_to_prompts(data_dir):
+    dpo = str(data_dir / "llama_factory_demo" / "dpo_en_demo.json")
+    raw = load_source(dpo, "train")
+    prompts = mix_datasets({dpo: 1}, "prompt", splits=["train"], shuffle=False).train
+    assert len(prompts) == len(raw) and prompts[0]["reference"] == raw[0]["chosen"]["value"]
+    assert prompts[0]["prompt"][-1]["role"] == "user"
+
+
 def test_per_source_format_overrides_detection(tmp_path):
     rows = [{"instruction": f"do {i}", "input": "", "output": f"done {i}"} for i in range(5)]
     path = write_jsonl(tmp_path / "alpaca.jsonl", rows)

@@ -10,6 +10,7 @@ from helpers.rows import A, S, T, U, error_of, normalize
 
 from chatalign.data.normalize import (
     normalize_dataset,
+    preference_to_prompt,
     preference_to_sft,
     preference_to_unpaired,
     sft_to_prompt,
@@ -230,6 +231,18 @@ def test_sft_to_prompt():
     with pytest.raises(DataValidationError) as info:
         sft_to_prompt(Dataset.from_list([{"messages": [U("q"), A("a")]}, {"messages": [U("q")]}]), "chats")
     assert str(info.value) == "dataset 'chats' row 1, field 'messages[0].role': must end with 'assistant', got 'user'"
+
+
+def test_preference_to_prompt_keeps_the_chosen_reply_as_reference():
+    ds = Dataset.from_list([
+        {"prompt": [S("s"), U("q1")], "chosen": [A("good1")], "rejected": [A("bad1")], "prompt_id": "p1"},
+        {"prompt": [U("q2")], "chosen": [A("good2")], "rejected": [A("bad2")], "prompt_id": "p2"},
+    ])
+    out = preference_to_prompt(ds)
+    assert out.column_names == ["prompt", "prompt_id", "reference"]
+    assert out.to_list() == [{"prompt": [S("s"), U("q1")], "reference": "good1", "prompt_id": "p1"},
+                             {"prompt": [U("q2")], "reference": "good2", "prompt_id": "p2"}]
+    assert all(validate_row(r, "prompt") is None for r in out)
 
 
 def test_unpaired_to_sft_keeps_desirable_rows():

@@ -6,7 +6,13 @@ import json
 import pytest
 from helpers.template_cases import CHAT, MATH_CHAT, OFFICIAL, SHIPPED, SYSTEM, TOOL_CHAT
 
-from chatalign.data.rendering import IGNORE_INDEX, preflight_report, render_conversation, render_prompt
+from chatalign.data.rendering import (
+    IGNORE_INDEX,
+    preflight_report,
+    render_conversation,
+    render_conversations,
+    render_prompt,
+)
 from chatalign.data.templates import (
     resolve_chat_template,
     set_chat_template,
@@ -183,6 +189,26 @@ def test_tool_turns_are_rendered_and_masked(tok, name):
     trained = tok.decode([t for t in labels if t != IGNORE_INDEX], skip_special_tokens=False)
     assert "temperature" not in trained
     assert "It is 21 degrees." in trained and "get_weather" in trained
+
+
+@pytest.mark.parametrize("tagged", [True, False], ids=["generation-tags", "prefix-fallback"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_rendering_many_chats_at_once_equals_one_at_a_time(tok, name, tagged):
+    chats = [[SYSTEM] + CHAT, CHAT, MATH_CHAT, CHAT[:2], [SYSTEM] + MATH_CHAT]
+    tools = [None] * len(chats)
+    if name in ("chatml", "zephyr", "llama-3"):  # the templates with a tool role: one tool chat, in the middle
+        chats.insert(2, TOOL_CHAT)
+        tools.insert(2, None)
+    template = resolve_chat_template(name).template
+    tok.chat_template = template if tagged else strip_generation_tags(template)
+    one_at_a_time = [render_conversation(tok, chat, tools=row_tools) for chat, row_tools in zip(chats, tools, strict=True)]
+    assert render_conversations(tok, chats, tools) == one_at_a_time
+    assert render_conversations(tok, chats[:1]) == one_at_a_time[:1] and render_conversations(tok, []) == []
+    assert all(any(label != IGNORE_INDEX for label in labels) for _, labels in one_at_a_time)
+    # A row with tool schemas is rendered alone, so a template that cannot show them says so as it does alone.
+    schemas = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    with pytest.raises(ValueError, match="does not render `tools`"):
+        render_conversations(tok, chats, [None, schemas] + [None] * (len(chats) - 2))
 
 
 @pytest.mark.parametrize("name", SHIPPED)

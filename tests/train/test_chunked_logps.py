@@ -1,55 +1,89 @@
-"""The chunked LM-head log-probs equal the full-logits path (values and gradients), and ignore masked positions."""
+"""TRL's fused LM head with the tiles chatalign fits for devices without Triton: every output and gradient equals the
+full-logits path; Triton devices keep TRL's sizes; loading a model for training fits them."""
 
 import pytest
 import torch
+import trl.kernels.chunked_logprob as kernel
+import trl.trainer.utils as trl_utils
 from transformers import AutoModelForCausalLM
+from trl.trainer.utils import add_fused_lm_head
 
-from chatalign.train.chunked_logps import causal_lm_token_logps, chunked_token_logps
+from chatalign.train.chunked_logps import TORCH_OPS_TILES, fit_fused_head_tiles, fused_head_tiles
 
-
-def full_logps(hidden, weight, labels):
-    logp = torch.log_softmax(hidden @ weight.T, dim=-1)
-    picked = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return torch.where(labels != -100, picked, 0.0)
+OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 1024])
-def test_values_and_gradients_equal_the_full_logits_path(chunk):
+TRL_TILES = (4096, 32768)  # TRL 1.16's own sizes, before any chatalign load fitted them
+
+
+@pytest.fixture
+def trl_tiles(monkeypatch):
+    """TRL's own tile sizes for the test; whatever was set before is put back after it."""
+    monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", TRL_TILES[0])
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", TRL_TILES[1])
+    return fused_head_tiles()
+
+
+def full_logits_outputs(model, ids, labels):
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target != -100
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp.gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
+    probs = logp.exp()
+    fields = {
+        "log_probs": picked,
+        "entropy": -(probs * logp).sum(-1),
+        "log_sum_sq_probs": torch.log((probs * probs).sum(-1)),
+        "mean_logits": logits.mean(-1),
+        "is_top1": logits.argmax(-1) == target,
+    }
+    return {name: value.masked_fill(~mask, 0) for name, value in fields.items()}
+
+
+@pytest.mark.parametrize("tiles", [(3, 7), (5, 1000), TORCH_OPS_TILES])
+def test_fitted_tiles_give_the_full_logits_outputs_and_gradients(tiny_model_dir, trl_tiles, tiles):
+    assert fit_fused_head_tiles("cpu", tiles) == tiles == fused_head_tiles()
     torch.manual_seed(0)
-    hidden = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
-    labels = torch.randint(0, 50, (2, 9))
-    labels[0, :3] = -100  # prompt positions: not scored
-    upstream = torch.randn(2, 9, dtype=torch.float64)
-    expected = full_logps(hidden, weight, labels)
-    (expected * upstream).sum().backward()
-    grads = hidden.grad.clone(), weight.grad.clone()
-    hidden.grad = weight.grad = None
-    got = chunked_token_logps(hidden, weight, labels, chunk=chunk)
-    (got * upstream).sum().backward()
-    assert torch.allclose(got.double(), expected, atol=1e-5)
-    assert torch.allclose(hidden.grad, grads[0], atol=1e-5) and torch.allclose(weight.grad, grads[1], atol=1e-5)
-    assert (got[0, :3] == 0).all() and hidden.grad[0, :3].abs().max() == 0
-
-
-def test_causal_lm_log_probs_and_a_loss_gradient_equal_the_full_model(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    ids = torch.randint(5, model.config.vocab_size, (2, 12))
+    ids = torch.randint(5, model.config.vocab_size, (2, 13))  # 24 scored positions: not a multiple of 5 or 7
     labels = ids.clone()
-    labels[:, :4] = -100
-    logits = model(input_ids=ids).logits[:, :-1]
-    expected = full_logps_from_logits(logits, labels[:, 1:])
-    expected.sum().backward()
-    reference = [p.grad.clone() for p in model.parameters()]
+    labels[:, :4] = -100  # the prompt: not scored
+    upstream = torch.randn(2, 12)
+
+    expected = full_logits_outputs(model, ids, labels)
+    ((expected["log_probs"] * upstream).sum() + expected["entropy"].sum()).backward()
+    reference_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    got = causal_lm_token_logps(model, ids, labels, chunk=5)
-    got.sum().backward()
-    assert torch.allclose(got, expected, atol=1e-5)
-    for p, g in zip(model.parameters(), reference, strict=True):
+
+    add_fused_lm_head(model, outputs=OUTPUTS)
+    got = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    ((got.log_probs * upstream).sum() + got.entropy.sum()).backward()
+    for name in OUTPUTS:
+        value = getattr(got, name)
+        if name == "is_top1":
+            assert torch.equal(value, expected[name]), name
+        else:
+            assert torch.allclose(value.float(), expected[name], atol=1e-5), name
+    assert (got.log_probs[:, :3] == 0).all()
+    for p, g in zip(model.parameters(), reference_grads, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-5)
 
 
-def full_logps_from_logits(logits, labels):
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return torch.where(labels != -100, picked, 0.0)
+def test_a_triton_device_keeps_trls_tiles(trl_tiles, monkeypatch):
+    monkeypatch.setattr(kernel, "_use_triton", lambda device: device.type == "cuda")
+    assert fit_fused_head_tiles("cuda") == trl_tiles
+    assert fused_head_tiles() == trl_tiles
+    assert fit_fused_head_tiles("cpu") == TORCH_OPS_TILES == fused_head_tiles()
+    assert TORCH_OPS_TILES != trl_tiles  # the fit changes something on CPUs
+
+
+def test_loading_a_model_for_training_fits_the_tiles(tiny_model_dir, tmp_path, trl_tiles, monkeypatch):
+    from transformers import AutoTokenizer, TrainingArguments
+
+    from chatalign.train.models import ModelArguments, load_model
+
+    training_args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    load_model(ModelArguments(model_name_or_path=str(tiny_model_dir)), training_args, tokenizer)
+    assert fused_head_tiles() == TORCH_OPS_TILES

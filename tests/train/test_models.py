@@ -1,16 +1,27 @@
-"""chatalign.train.models: model loading checks that need no weights, and the reference model's own revision."""
+"""chatalign.train.models: model loading checks that need no weights, the reference model's own revision, and the
+special tokens a composed config's model block gets."""
 
 import types
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import REPO, build_tiny_llama, load_script
+from helpers.special_tokens import (
+    EOS_ID,
+    IM_END_ID,
+    PAD_ID,
+    VOCAB,
+    tiny_checkpoint_without_special_tokens,
+    write_tiny_blocks,
+)
 
+from chatalign.configs import ConfigError
 from chatalign.train.models import (
     ModelArguments,
     check_quantization_request,
     load_model,
     load_reference_model,
+    load_training_tokenizer,
     reference_revision,
 )
 
@@ -62,3 +73,45 @@ def test_precomputed_reference_dependencies_use_the_reference_revision(tiny_mode
                                    ("org/ref", "v3"))):
         reference.reference_dependencies(args, training_args, script_args, tiny_tokenizer)
         assert seen[-1] == expected
+
+
+@pytest.fixture
+def tiny_blocks(tmp_path, tiny_tokenizer_dir):
+    """The shipped recipes/blocks.yaml (its defaults) plus a file of model blocks for a checkpoint without specials."""
+    model_dir = tiny_checkpoint_without_special_tokens(tiny_tokenizer_dir, tmp_path / "tiny-no-specials")
+    return [str(REPO / "recipes" / "blocks.yaml"), str(write_tiny_blocks(tmp_path / "tiny_blocks.yaml", model_dir))]
+
+
+def _load_block(files, block):
+    parser = load_script("run_sft").make_parser()
+    model_args, data_args, training_args, _ = parser.parse([*files, "--configs", "defaults", block])
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, source=parser.sources.get("special_tokens"))
+    tokens = (tokenizer.eos_token, tokenizer.pad_token, tokenizer.sep_token)
+    ids = (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.sep_token_id, len(tokenizer))
+    model = load_model(model_args, training_args, tokenizer)
+    configured = (model.config.eos_token_id, model.config.pad_token_id, model.generation_config.pad_token_id)
+    return tokens, ids, model.get_input_embeddings().weight.shape[0], configured
+
+
+def test_a_model_block_without_special_tokens_gets_them_by_the_rules(tiny_blocks):
+    # eos: </s> (a special token of the vocabulary), pad: <pad>, sep: eos; nothing added, so nothing resized.
+    assert _load_block(tiny_blocks, "tiny-no-specials") == (
+        ("</s>", "<pad>", "</s>"), (EOS_ID, PAD_ID, EOS_ID, VOCAB), VOCAB, (EOS_ID, PAD_ID, PAD_ID))
+
+
+def test_the_tokens_a_model_block_names_win_and_grow_the_embeddings(tiny_blocks):
+    # <|im_end|> is in the vocabulary; <|pad|> and <|sep|> are not: two tokens added, rows 1024 -> 1088 (x64).
+    assert _load_block(tiny_blocks, "tiny-explicit") == (
+        ("<|im_end|>", "<|pad|>", "<|sep|>"), (IM_END_ID, VOCAB, VOCAB + 1, VOCAB + 2), 1088,
+        (IM_END_ID, VOCAB, VOCAB))
+
+
+def test_a_block_whose_pad_is_the_eos_is_an_error_naming_it(tiny_blocks):
+    with pytest.raises(ConfigError, match=r"^special_tokens\.pad_token '</s>' in block 'tiny-pad-is-eos' of "
+                                          r"'.*tiny_blocks\.yaml' is also the tokenizer's eos token"):
+        _load_block(tiny_blocks, "tiny-pad-is-eos")
+    # Both named in one block: refused while parsing, before anything loads.
+    with pytest.raises(ConfigError, match=r"special_tokens\.pad_token '</s>' is also special_tokens\.eos_token"):
+        load_script("run_sft").make_parser().parse(
+            [*tiny_blocks, "--configs", "defaults", "tiny-no-specials",
+             "--special_tokens", "{pad_token: </s>, eos_token: </s>}"])

@@ -145,6 +145,30 @@ def test_overflow_truncate_or_drop_is_counted(tiny_tokenizer):
     assert counts == {"kept whole": 1, "dropped: longer than max_length": 2} and len(dropped) == 1
 
 
+def test_prepared_rows_are_cached_and_a_second_run_loads_them(tiny_tokenizer, tmp_path, monkeypatch, caplog):
+    import chatalign.train.sft as sft
+
+    rows = [{"messages": math_chat(), "prompt_id": "p0"},
+            {"messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "late"}],
+             "prompt_id": "p1"}]
+    kwargs = dict(max_length=128, keep_columns=("prompt_id",), cache_dir=str(tmp_path))
+    first, counts = tokenize_sft(Dataset.from_list(rows), tiny_tokenizer, **kwargs)
+    renders = []
+    monkeypatch.setattr(sft, "render_conversations", lambda *a, **k: renders.append(a) or [])
+    with caplog.at_level("INFO"):
+        again, counts_again = tokenize_sft(Dataset.from_list(rows), tiny_tokenizer, **kwargs)
+    assert renders == [] and "loaded 1 prepared rows" in caplog.text
+    assert again.to_list() == first.to_list() and counts_again == counts
+    assert counts == {"kept whole": 1, "dropped: no assistant token within max_length": 1}
+    assert first["prompt_id"] == ["p0"]
+    # Without the cache, or with other settings, the rows are rendered again.
+    for other in ({"use_cache": False}, {"max_length": 127}):
+        renders.clear()
+        with pytest.raises(ValueError):  # the stub renders nothing, so no row survives
+            tokenize_sft(Dataset.from_list(rows), tiny_tokenizer, **{**kwargs, **other})
+        assert len(renders) == 1
+
+
 def per_sequence_loss_sum(model, ids, labels):
     out = model(input_ids=torch.tensor([ids]), use_cache=False)
     logits = out.logits[0, :-1]

@@ -25,8 +25,15 @@ from typing import Any
 import datasets
 import numpy as np
 
+from chatalign.data.adapters.translation import translation_corpus
 from chatalign.data.arguments import parse_splits
-from chatalign.data.normalize import normalize_dataset, preference_to_sft, preference_to_unpaired, sft_to_prompt
+from chatalign.data.normalize import (
+    normalize_dataset,
+    preference_to_prompt,
+    preference_to_sft,
+    preference_to_unpaired,
+    sft_to_prompt,
+)
 from chatalign.data.registry import detect_format, get_adapter
 from chatalign.data.sampling import EPS, EpochResampledDataset, SampleSize, SourceSpec, parse_mixer, row_groups
 from chatalign.data.schemas import REQUIRED_COLUMNS
@@ -154,6 +161,7 @@ def check_mixer(dataset_mixer: Mapping[str, Any]) -> list[SourceSpec]:
     for source in sources:  # fail on a mistyped path before spending minutes loading the sources before it
         if looks_like_path(source.name) and not Path(source.name).expanduser().exists():
             raise FileNotFoundError(f"dataset '{source.name}': no such file or folder")
+        translation_corpus(source.name)  # wmt2019_<pair> / ted_trans_<pair>: a pair it lacks fails here
     if all(s.sample.fraction == 0 or s.sample.size == 0 for s in sources):
         weights = ", ".join(f"'{s.name}': {s.sample.size if s.sample.size is not None else s.sample.fraction:g}"
                             for s in sources)
@@ -227,7 +235,8 @@ def _prepare(
     extra_columns: tuple[str, ...] = (),
 ) -> datasets.Dataset:
     """Load, filter and normalise one split of one source, recording counts."""
-    raw = load_source(source.name, source.source_split(split))
+    corpus = translation_corpus(source.name)  # Open-Assistant's names for the WMT19 / TED Talks hub corpora
+    raw = corpus.load(source.source_split(split)) if corpus else load_source(source.name, source.source_split(split))
     row = stats.add(source.name, split)
     row.available = len(raw)
     raw = _apply_filter(raw, row_filter, source.name, split)
@@ -294,6 +303,7 @@ def _conversion(native: str | None, schema: str) -> Callable | None:
         ("preference", "unpaired"): preference_to_unpaired,
         ("preference", "sft"): preference_to_sft,
         ("sft", "prompt"): sft_to_prompt,
+        ("preference", "prompt"): preference_to_prompt,
     }
     return conversions.get((native, schema))
 

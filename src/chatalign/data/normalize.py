@@ -83,7 +83,7 @@ def normalize_dataset(
     if chosen.schema != schema:
         raise ValueError(
             f"format '{chosen.name}' produces '{chosen.schema}' rows, not '{schema}' (dataset '{source_name}'); "
-            "convert afterwards (preference_to_sft, preference_to_unpaired, sft_to_prompt) or pick another format"
+            "convert afterwards (preference_to_sft, preference_to_unpaired, preference_to_prompt, sft_to_prompt) or pick another format"
         )
     missing = chosen.missing_columns(columns)
     if missing:
@@ -216,6 +216,18 @@ def preference_to_sft(ds):
         return [{"messages": row["prompt"] + row["chosen"], **{c: row[c] for c in optional}}]
 
     return _map_rows(ds, fn, "sft", optional)
+
+
+def preference_to_prompt(ds):
+    """Preference rows -> prompt rows: the prompt, with the chosen reply's text as `reference` (prompt_id/source
+    kept), e.g. for RL prompts from a preference set."""
+    optional = [*_kept(ds, ("prompt_id",)), "reference", *_kept(ds, ("source",))]
+    kept = [c for c in optional if c != "reference"]
+
+    def fn(row: dict, index: int) -> list[dict]:
+        return [{"prompt": row["prompt"], "reference": row["chosen"][-1]["content"], **{c: row[c] for c in kept}}]
+
+    return _map_rows(ds, fn, "prompt", optional)
 
 
 def unpaired_to_sft(ds, desirable_only: bool = True):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import sys
 import types
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chatalign.eval.judge import EvalJudge, JudgeCall
-from chatalign.store import content_hash
+from chatalign.store import cache_root, content_hash
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def import_alpaca_eval():
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CHATALIGN_CACHE", Path.home() / ".cache" / "chatalign")) / "alpaca_eval"
+    return cache_root() / "alpaca_eval"
 
 
 # --------------------------------------------------------------------------------------------------------------------

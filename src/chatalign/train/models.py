@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
-from chatalign.data.tokenizers import ensure_pad_token, load_tokenizer
+from chatalign.data.tokenizers import check_special_tokens, load_tokenizer, prepare_special_tokens
+from chatalign.train.chunked_logps import fit_fused_head_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -20,16 +21,33 @@ class ModelArguments(ModelConfig):
     keep_pad_equal_eos: bool = field(
         default=False, metadata={"help": "Keep a pad token equal to eos (default: use a distinct pad token)."}
     )
+    special_tokens: dict[str, str] | None = field(
+        default=None,
+        metadata={"help": "The model's pad, eos and sep tokens, as in a model block: {pad_token: '<|padding|>', "
+                          "eos_token: '<|endoftext|>', sep_token: '<|endoftext|>'}. Each is optional: a given token "
+                          "is set (added, and the embeddings resized, where the vocabulary lacks it); one not given is "
+                          "kept, or prepared as prepare_model does where the tokenizer has none."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.special_tokens = check_special_tokens(self.special_tokens, self.keep_pad_equal_eos) or None
 
 
-def load_training_tokenizer(model_args: ModelArguments, chat_template: str | None, trust_remote_code: bool = False):
-    """The tokenizer with the recipe's chat template, or the checkpoint's own; a template is required."""
+def load_training_tokenizer(model_args: ModelArguments, chat_template: str | None, trust_remote_code: bool = False,
+                            source: str | None = None):
+    """The tokenizer with the recipe's chat template, or the checkpoint's own (a template is required), and its pad,
+    eos and sep tokens prepared (prepare_special_tokens; load_model grows the embeddings for any token added).
+    `source` names where special_tokens was set (ChatalignParser.sources) for its errors."""
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=trust_remote_code,
-                               chat_template=chat_template)
+                               chat_template=chat_template, pad_with_eos=False)
     if not tokenizer.chat_template:
         raise ValueError(f"the tokenizer of '{name}' has no chat template: set chat_template in the recipe "
                          "(a shipped name such as chatml or zephyr, a .jinja file or a jinja string)")
+    actions = prepare_special_tokens(tokenizer, None, model_args.special_tokens, model_args.keep_pad_equal_eos,
+                                     source or f"the model arguments of '{name}'")
+    logger.info("special tokens of %s: %s", name, "; ".join(actions))
     return tokenizer
 
 
@@ -65,7 +83,8 @@ def select_attn_implementation(requested: str | None, padding_free: bool) -> tup
 
 def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_or_path: str | None = None,
                revision: str | None = None, padding_free: bool | None = None):
-    """A causal LM in the recipe's dtype and attention, quantized where asked, with a pad token distinct from eos;
+    """A causal LM in the recipe's dtype and attention, quantized where asked, with the tokenizer's special tokens
+    (prepare_special_tokens: a pad distinct from eos, embeddings grown for any token added);
     `model_name_or_path` and `revision` default to the policy's. `padding_free` (default: what training_args say,
     trains_padding_free) picks a varlen attention for flattened batches (select_attn_implementation)."""
     import torch
@@ -89,10 +108,12 @@ def load_model(model_args: ModelArguments, training_args, tokenizer, model_name_
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": PartialState().local_process_index}
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path or model_args.model_name_or_path, **kwargs)
-    action = ensure_pad_token(tokenizer, model, keep_pad_equal_eos=model_args.keep_pad_equal_eos)
-    logger.info("pad token: %s", action)
+    actions = prepare_special_tokens(tokenizer, model, model_args.special_tokens, model_args.keep_pad_equal_eos)
+    logger.info("special tokens: %s", "; ".join(actions))
     if getattr(training_args, "gradient_checkpointing", False):
         model.config.use_cache = False
+    # TRL's fused LM head scores every trainer's labels; off Triton its GPU-sized tiles would outgrow full logits.
+    fit_fused_head_tiles(getattr(training_args, "device", "cpu"))
     return model
 
 

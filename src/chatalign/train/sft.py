@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from chatalign.configs import ConfigError
-from chatalign.data.rendering import IGNORE_INDEX, render_conversation
+from chatalign.data.dataset_cache import cached_preparation
+from chatalign.data.rendering import IGNORE_INDEX, render_conversations
 from chatalign.train.run import RunArguments, count_summary
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,14 @@ class SFTScriptArguments(RunArguments):
         default=True,
         metadata={"help": "true: train on the assistant replies only (system, user and tool turns masked). false: "
                           "train on every token of the conversation (LION's mask_user_labels: false)."},
+    )
+    cache_prepared_data: bool = field(
+        default=True,
+        metadata={"help": "Keep the rendered and tokenized rows on disk, keyed by a hash of the rows, tokenizer, "
+                          "template and settings; a later run with the same ones loads them."},
+    )
+    prepared_data_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where (default $CHATALIGN_CACHE, else ~/.cache/chatalign)."}
     )
 
 
@@ -72,15 +81,15 @@ def check_sft_arguments(training_args, data_args, script_args, given: Mapping[st
 
 def sft_renderer(tokenizer, max_length: int | None, with_full_length: bool = False, mask_user_labels: bool = True):
     """A batched `Dataset.map` function: `messages` (and `tools`) -> `input_ids`, `labels`, cut to max_length;
-    without mask_user_labels every token is a label."""
+    without mask_user_labels every token is a label. Each map batch is rendered and tokenized in one call
+    (chatalign.data.rendering.render_conversations)."""
 
     def render(batch):
         out = {"input_ids": [], "labels": []}
         if with_full_length:
             out["_full_length"] = []
-        for i, messages in enumerate(batch["messages"]):
-            tools = batch["tools"][i] if "tools" in batch else None
-            ids, labels = render_conversation(tokenizer, messages, tools=tools or None)
+        rendered = render_conversations(tokenizer, batch["messages"], batch.get("tools"))
+        for ids, labels in rendered:
             if not mask_user_labels:
                 labels = list(ids)
             if with_full_length:
@@ -93,15 +102,39 @@ def sft_renderer(tokenizer, max_length: int | None, with_full_length: bool = Fal
 
 
 def tokenize_sft(dataset, tokenizer, max_length: int | None, overflow: str = "truncate", split: str = "train",
-                 keep_columns=(), mask_user_labels: bool = True):
+                 keep_columns=(), mask_user_labels: bool = True, cache_dir: str | None = None, use_cache: bool = True,
+                 num_proc: int | None = None):
     """Render `messages` rows to `input_ids` + `labels` (assistant tokens only); count what max_length cuts.
 
     Returns the tokenized dataset and counts: rows truncated, rows dropped as too long (overflow='drop'), rows
     dropped because no assistant token survived. Nothing is dropped silently. `keep_columns` are carried through
-    (e.g. prompt_id, to know which rows were kept).
+    (e.g. prompt_id, to know which rows were kept). With `use_cache`, the result is kept under `cache_dir`
+    (chatalign.data.dataset_cache) and a later call with the same rows, tokenizer and settings loads it.
+    `num_proc` > 1 renders in that many processes (on 2 cores one process is faster: the tokenizer has threads).
     """
+    def prepare():
+        return _render_and_count(dataset, tokenizer, max_length, overflow, split, keep_columns, mask_user_labels,
+                                 num_proc)
+
+    if not use_cache:
+        tokenized, counts = prepare()
+    else:
+        columns = [c for c in ("messages", "tools", *keep_columns) if c in dataset.column_names]
+        settings = {"max_length": max_length, "overflow": overflow, "mask_user_labels": mask_user_labels,
+                    "keep_columns": list(keep_columns)}
+        tokenized, counts, loaded = cached_preparation("sft_tokens", dataset, columns, tokenizer, settings, prepare,
+                                                       cache_dir, what=f"{split} conversations")
+        if loaded:
+            logger.info("%s rows (max_length=%s, overflow=%s): %s", split, max_length, overflow,
+                        count_summary(Counter(counts)))
+    if len(tokenized) == 0:
+        raise ValueError(f"no {split} row has an assistant token within max_length={max_length}: {dict(counts)}")
+    return tokenized, dict(counts)
+
+
+def _render_and_count(dataset, tokenizer, max_length, overflow, split, keep_columns, mask_user_labels, num_proc):
     render = sft_renderer(tokenizer, max_length, with_full_length=True, mask_user_labels=mask_user_labels)
-    tokenized = dataset.map(render, batched=True,
+    tokenized = dataset.map(render, batched=True, num_proc=num_proc if num_proc and num_proc > 1 else None,
                             remove_columns=[c for c in dataset.column_names if c not in keep_columns],
                             desc=f"rendering {split} conversations")
     full = tokenized["_full_length"]
@@ -122,6 +155,4 @@ def tokenize_sft(dataset, tokenizer, max_length: int | None, overflow: str = "tr
     tokenized = tokenized.remove_columns("_full_length")
     logger.info("%s rows after rendering (max_length=%s, overflow=%s): %s", split, max_length, overflow,
                 count_summary(counts))
-    if len(tokenized) == 0:
-        raise ValueError(f"no {split} row has an assistant token within max_length={max_length}: {dict(counts)}")
     return tokenized, dict(counts)

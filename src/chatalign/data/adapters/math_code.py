@@ -94,3 +94,21 @@ def _tora_trajectory_to_unpaired(row: Mapping) -> dict:
         "label": answers_match(prediction, row["gt"]) if prediction is not None else False,
         "prompt_id": None if idx is None else str(idx),
     }
+
+
+@register_adapter(
+    "tora_gsm8k_prompt",
+    schema="prompt",
+    required=("question", "gt"),
+    detect=[{"question", "gt"}],
+    emits=("prompt_id", "reference"),
+    priority=25,
+)
+def _tora_question_to_prompt(row: Mapping) -> dict:
+    """ToRA GSM8K rows (question, gt) -> prompt rows for RL: the question, with the gold answer as `reference`."""
+    idx = row.get("idx")
+    return {
+        "prompt": [{"role": "user", "content": row["question"]}],
+        "reference": None if row["gt"] is None else str(row["gt"]),
+        "prompt_id": None if idx is None else str(idx),
+    }

@@ -23,7 +23,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 from trl import DPOTrainer
 
-from chatalign.store import atomic_path, content_hash, pair_id
+from chatalign.store import atomic_path, cache_root, content_hash, pair_id
 from chatalign.train.models import reference_revision
 
 logger = logging.getLogger(__name__)
@@ -303,8 +302,7 @@ def compute_ref_logps(model, tokenizer, training_args, datasets_to_do, path, dat
 
 def ref_cache_path(dependencies: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
     """Where reference log-probs with these dependencies live when no precompute_file_path is named."""
-    root = Path(cache_dir or os.environ.get("CHATALIGN_CACHE") or "~/.cache/chatalign").expanduser()
-    return root / "ref_logps" / f"{content_hash(dict(dependencies))[:32]}.parquet"
+    return cache_root(cache_dir) / "ref_logps" / f"{content_hash(dict(dependencies))[:32]}.parquet"
 
 
 def ensure_ref_logps(path: str | Path, dependencies: Mapping[str, Any], splits: list, tokenizer, training_args,
