@@ -11,6 +11,7 @@ import torch
 import yaml
 from conftest import REPO, load_script
 from datasets import Dataset
+from helpers.checkpoints import state_dict
 
 from chatalign.train.kto import (
     KTOScriptArguments,
@@ -255,12 +256,6 @@ def write_recipe(tmp_path, model_dir, mixer, output_dir, **extra):
     path = tmp_path / f"{Path(output_dir).name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return str(path)
-
-
-def state_dict(path):
-    from transformers import AutoModelForCausalLM
-
-    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
 
 
 def check_trained(trainer, output_dir, model_dir, keys, in_some_step=()):

@@ -14,6 +14,7 @@ import torch
 import yaml
 from conftest import REPO, build_tiny_classifier, load_script
 from helpers.chat_stub import Stub
+from helpers.checkpoints import state_dict
 
 from chatalign.configs import ConfigError
 from chatalign.train.rl import (
@@ -59,12 +60,6 @@ def write_recipe(tmp_path, model_dir, output_dir, rewards, **extra):
     path = tmp_path / f"{Path(output_dir).name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return str(path)
-
-
-def state_dict(path):
-    from transformers import AutoModelForCausalLM
-
-    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
 
 
 def logged_steps(trainer):
