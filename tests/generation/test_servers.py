@@ -145,15 +145,19 @@ def process_alive(pid: int) -> bool:
 
 
 def test_stop_ends_the_workers_of_a_server_whose_main_process_already_died(tmp_path):
-    # The "server" forks two long-lived workers into its group and exits at once, as a crashed vLLM leader would.
-    server = LocalServer(["bash", "-c", "sleep 300 & sleep 300 & exit 3"], free_port(), tmp_path / "server.log")
+    # The "server" starts two long-lived workers into its group and exits at once, as a crashed vLLM leader would.
+    # Popen returns only once each worker has exec'd (bash's `sleep &` does not wait for that, and flaked in CI).
+    leader = ("import subprocess, sys\n"
+              "workers = [subprocess.Popen(['sleep', '300']) for _ in range(2)]\n"
+              "print('workers', *(w.pid for w in workers), flush=True)\n"
+              "sys.exit(3)")
+    server = LocalServer([sys.executable, "-c", leader], free_port(), tmp_path / "server.log")
     server.start()
-    server.process.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while len(server.members()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert server.process.wait(timeout=30) == 3, (tmp_path / "server.log").read_text()
+    printed = [line for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("workers ")]
+    started = [int(pid) for pid in printed[-1].split()[1:]]
     workers = server.members()
-    assert len(workers) == 2 and all(process_alive(pid) for pid in workers)
+    assert sorted(workers) == sorted(started) and all(process_alive(pid) for pid in workers)
     other = LocalServer(["sleep", "300"], free_port(), tmp_path / "other.log")  # another server's process
     other.start()
     server.stop(grace=1)
