@@ -45,7 +45,8 @@ def make_parser() -> ChatalignParser:
 
 
 def main(argv=None):
-    model_args, data_args, training_args, script_args = make_parser().parse(argv)
+    parser = make_parser()
+    model_args, data_args, training_args, script_args = parser.parse(argv)
 
     from datasets import concatenate_datasets
 
@@ -69,7 +70,8 @@ def main(argv=None):
     work = out / ".work"
 
     # 2. Tokenizer (the policy's, as in the DPO run) and the rows the DPO run would see
-    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
+                                        parser.sources)
     train, evaluation, data_counts = load_preference_data(data_args, training_args, script_args, tokenizer)
     rows = train if evaluation is None else concatenate_datasets([train, evaluation])
     keys = pair_keys(rows)

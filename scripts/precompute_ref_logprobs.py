@@ -41,7 +41,8 @@ def make_parser() -> ChatalignParser:
 
 
 def main(argv=None):
-    model_args, data_args, training_args, script_args = make_parser().parse(argv)
+    parser = make_parser()
+    model_args, data_args, training_args, script_args = parser.parse(argv)
 
     from chatalign.train.dpo.arguments import check_dpo_run
     from chatalign.train.dpo.reference import ensure_ref_logps, reference_dependencies
@@ -60,7 +61,8 @@ def main(argv=None):
     path = Path(script_args.precompute_file_path)
 
     # 2. Tokenizer, the rows run_dpo will train and evaluate on, and what the log-probs depend on
-    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
+                                        parser.sources)
     with training_args.main_process_first(desc="dataset preparation"):
         train_dataset, eval_dataset, data_counts = load_preference_data(data_args, training_args, script_args,
                                                                         tokenizer)

@@ -49,7 +49,8 @@ def make_parser() -> ChatalignParser:
 
 
 def main(argv=None):
-    model_args, data_args, training_args, script_args = make_parser().parse(argv)
+    parser = make_parser()
+    model_args, data_args, training_args, script_args = parser.parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
     keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
@@ -90,7 +91,8 @@ def main(argv=None):
 
     # 2. Tokenizer and data: mixed, validated, selected, weighted; precomputed reference log-probs are matched to
     # the rows here, so a stale file fails before any model is loaded.
-    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
+                                        parser.sources)
     ref_name = script_args.ref_model_name_or_path or model_args.model_name_or_path
     ref_revision = reference_revision(model_args, script_args.ref_model_name_or_path, script_args.ref_model_revision)
     with training_args.main_process_first(desc="dataset preparation"):
@@ -134,6 +136,8 @@ def main(argv=None):
         callbacks=[RecordRunArgsCallback(configs)],
         weighted=bool(script_args.rm_weight_column),
         wis_gamma=script_args.wis_gamma if script_args.wis_importance_file else None,
+        cache_prepared_data=script_args.cache_prepared_data,
+        prepared_data_cache_dir=script_args.prepared_data_cache_dir,
     )
 
     # TRL drops pairs whose prompt alone fills max_length (no completion token would be left): count them.

@@ -34,7 +34,8 @@ def make_parser() -> ChatalignParser:
 def main(argv=None):
     from chatalign.train.kto import check_kto_arguments
 
-    model_args, data_args, training_args, script_args = make_parser().parse(argv)
+    parser = make_parser()
+    model_args, data_args, training_args, script_args = parser.parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
     keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
@@ -69,7 +70,8 @@ def main(argv=None):
         write_run_args(training_args.output_dir, configs)
 
     # 2. Tokenizer and data: mixed and normalised to unpaired rows, then put in training order (KTO never shuffles)
-    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
+                                        parser.sources)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     pair_counts = {}
     with training_args.main_process_first(desc="dataset preparation"):
@@ -112,6 +114,8 @@ def main(argv=None):
         callbacks=[RecordRunArgsCallback(configs)],
         max_prompt_length=script_args.max_prompt_length,
         padding_free=script_args.padding_free,
+        cache_prepared_data=script_args.cache_prepared_data,
+        prepared_data_cache_dir=script_args.prepared_data_cache_dir,
         **extra,
     )
 

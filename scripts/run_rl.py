@@ -43,7 +43,8 @@ def make_parser(rl_algorithm: str = "grpo") -> ChatalignParser:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     algorithm = requested_algorithm(argv)
-    model_args, data_args, training_args, script_args, judge_args = make_parser(algorithm).parse(argv)
+    parser = make_parser(algorithm)
+    model_args, data_args, training_args, script_args, judge_args = parser.parse(argv)
     # A snapshot: what run_args.yaml records is the recipe as given, not the values adjusted below for TRL.
     configs = copy.deepcopy((model_args, data_args, training_args, script_args, judge_args))
     keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
@@ -81,7 +82,8 @@ def main(argv=None):
         write_run_args(training_args.output_dir, configs)
 
     # 2. Tokenizer and prompts: mixed in the prompt schema, the recipe's system prompt, too-long prompts dropped
-    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
+                                        parser.sources)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     data_counts = {}
     with training_args.main_process_first(desc="dataset preparation"):

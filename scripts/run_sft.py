@@ -66,7 +66,8 @@ def main(argv=None):
         write_run_args(training_args.output_dir, configs)
 
     # 2. Tokenizer and data: mixed, validated, rendered to (input_ids, labels)
-    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code)
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
+                                        parser.sources)
     with training_args.main_process_first(desc="dataset preparation"):
         mixture = load_mixture(data_args, "sft", training_args.seed, tokenizer)
         report, warnings = preflight_report(tokenizer, mixture.train[0]["messages"], color=False)

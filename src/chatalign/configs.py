@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import sys
 import types
 import typing
@@ -309,7 +310,9 @@ class ChatalignParser(HfArgumentParser):
             try:
                 outputs.append(dtype(**kwargs))
             except (ValueError, TypeError) as err:
-                raise ConfigError(f"invalid {dtype.__name__}: {err}") from err
+                # A check that names its key first (e.g. "special_tokens.pad_token ...") gets where the key was set.
+                where = self.sources.get(re.match(r"\w*", str(err)).group())
+                raise ConfigError(f"invalid {dtype.__name__}: {err}" + (f" (from {where})" if where else "")) from err
         return tuple(outputs)
 
 

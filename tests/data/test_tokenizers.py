@@ -1,4 +1,5 @@
-"""chatalign.data.tokenizers: pad tokens distinct from eos, eos and sep prepared or set as asked, template stops."""
+"""chatalign.data.tokenizers: pad tokens distinct from eos, eos and sep prepared or set as asked, template stops, the
+tokenizer fingerprint."""
 
 import pytest
 from helpers.special_tokens import EOS_ID, PAD_ID, VOCAB, save_without_special_tokens
@@ -10,6 +11,7 @@ from chatalign.data.tokenizers import (
     ensure_pad_token,
     prepare_special_tokens,
     set_stop_tokens,
+    tokenizer_fingerprint,
 )
 
 
@@ -144,3 +146,29 @@ def test_a_pad_that_is_the_eos_is_an_error_naming_the_key_and_where(tiny_tokeniz
     assert prepare_special_tokens(tok, keep_pad_equal_eos=True)[1] == (
         "set pad token to eos '<|im_end|>' (keep_pad_equal_eos)")
     assert tok.pad_token_id == tok.eos_token_id == 5
+
+
+def test_the_fingerprint_is_what_text_tokenises_to_not_the_last_calls_state(tiny_tokenizer_dir, tmp_path):
+    from conftest import build_tiny_tokenizer
+
+    tok, same = AutoTokenizer.from_pretrained(tiny_tokenizer_dir), AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    print_before = tokenizer_fingerprint(tok)
+    assert len(print_before) == 64 and print_before == tokenizer_fingerprint(same)
+    # A truncating call, then a padding one, leave their state on the Rust backend: still the same tokenizer.
+    tok("some words to cut " * 20, truncation=True, max_length=4)
+    assert tok.backend_tokenizer.truncation is not None
+    assert tokenizer_fingerprint(tok) == print_before
+    tok(["a", "a longer text"], padding=True)
+    assert tok.backend_tokenizer.padding is not None
+    assert tokenizer_fingerprint(tok) == print_before
+    assert tok.backend_tokenizer.padding is not None  # the caller's tokenizer is left as it was
+    # The chat template is hashed by the callers beside it, not in it.
+    same.chat_template = "{{ messages[0]['content'] }}"
+    assert tokenizer_fingerprint(same) == print_before
+    # Another special token, another added token or another vocabulary is another tokenizer.
+    same.eos_token = "<pad>"
+    assert tokenizer_fingerprint(same) != print_before
+    added = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    added.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    assert tokenizer_fingerprint(added) != print_before
+    assert tokenizer_fingerprint(build_tiny_tokenizer(tmp_path / "other", vocab_size=900)) != print_before

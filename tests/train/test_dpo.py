@@ -17,6 +17,7 @@ from trl import DPOConfig, DPOTrainer
 from chatalign.configs import ChatalignParser, ConfigError
 from chatalign.data.arguments import DataArguments
 from chatalign.data.mixer import mix_datasets
+from chatalign.data.tokenizers import prepare_special_tokens, tokenizer_fingerprint
 from chatalign.store import pair_id, seeded_rng
 from chatalign.train.dpo.arguments import (
     TRL_LOSS_TYPES,
@@ -32,7 +33,7 @@ from chatalign.train.dpo.importance import (
     rm_importance_select,
     wis_weight,
 )
-from chatalign.train.dpo.reference import dependency_mismatch, read_ref_logps_file, tokenizer_fingerprint
+from chatalign.train.dpo.reference import dependency_mismatch, read_ref_logps_file
 from chatalign.train.dpo.selection import (
     PAIR_WEIGHT,
     bucket_weights,
@@ -605,6 +606,8 @@ def test_precomputed_file_mismatch_errors(run_dpo, precomputed, tiny_model_dir, 
     other_tokenizer = build_tiny_tokenizer(other, vocab_size=900)
     with pytest.raises(ValueError) as err:
         run_dpo.main([*argv, f"--tokenizer_name_or_path={other}"])
+    # This run's tokenizer is the other one with its special tokens prepared (pad and sep set), as the run loads it.
+    prepare_special_tokens(other_tokenizer)
     theirs, ours = stored.meta["dependencies"]["tokenizer"], tokenizer_fingerprint(other_tokenizer)
     assert str(err.value) == (f"precomputed file {path}: precomputed with a different tokenizer "
                               f"(hash {theirs[:12]}, this run {ours[:12]})")

@@ -2,9 +2,11 @@
 special tokens a composed config's model block gets."""
 
 import types
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, build_tiny_llama, load_script
 from helpers.special_tokens import (
     EOS_ID,
@@ -85,7 +87,7 @@ def tiny_blocks(tmp_path, tiny_tokenizer_dir):
 def _load_block(files, block):
     parser = load_script("run_sft").make_parser()
     model_args, data_args, training_args, _ = parser.parse([*files, "--configs", "defaults", block])
-    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, source=parser.sources.get("special_tokens"))
+    tokenizer = load_training_tokenizer(model_args, data_args.chat_template, sources=parser.sources)
     tokens = (tokenizer.eos_token, tokenizer.pad_token, tokenizer.sep_token)
     ids = (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.sep_token_id, len(tokenizer))
     model = load_model(model_args, training_args, tokenizer)
@@ -110,8 +112,25 @@ def test_a_block_whose_pad_is_the_eos_is_an_error_naming_it(tiny_blocks):
     with pytest.raises(ConfigError, match=r"^special_tokens\.pad_token '</s>' in block 'tiny-pad-is-eos' of "
                                           r"'.*tiny_blocks\.yaml' is also the tokenizer's eos token"):
         _load_block(tiny_blocks, "tiny-pad-is-eos")
-    # Both named in one block: refused while parsing, before anything loads.
-    with pytest.raises(ConfigError, match=r"special_tokens\.pad_token '</s>' is also special_tokens\.eos_token"):
+    # Both named at once: refused while parsing, before anything loads, naming where they were set.
+    with pytest.raises(ConfigError, match=r"special_tokens\.pad_token '</s>' is also special_tokens\.eos_token.*"
+                                          r"\(from the command line\)$"):
         load_script("run_sft").make_parser().parse(
             [*tiny_blocks, "--configs", "defaults", "tiny-no-specials",
              "--special_tokens", "{pad_token: </s>, eos_token: </s>}"])
+
+
+def test_the_training_scripts_name_the_block_of_a_conflicting_pad(tiny_blocks, tmp_path, monkeypatch):
+    # The same load-time check, reached through each script: the error names the block, before any model loads.
+    monkeypatch.chdir(REPO)  # the defaults' dataset paths are relative to the repository
+    demo = "data/llama_factory_demo"
+    defaults = {"run_dpo": {"dataset_mixer": {f"{demo}/dpo_en_demo.json": 0.1}, "use_cpu": True},
+                "run_kto": {"dataset_mixer": {f"{demo}/kto_en_demo.json": 0.1}, "use_cpu": True}}
+    for script in ("run_sft", "run_dpo", "run_kto"):
+        files = tiny_blocks
+        if script in defaults:  # blocks.yaml's defaults are SFT's keys
+            files = [str(tmp_path / f"{script}_defaults.yaml"), tiny_blocks[1]]
+            Path(files[0]).write_text(yaml.safe_dump({"defaults": defaults[script]}))
+        with pytest.raises(ConfigError, match=r"^special_tokens\.pad_token '</s>' in block 'tiny-pad-is-eos' of "):
+            load_script(script).main([*files, "--configs", "defaults", "tiny-pad-is-eos",
+                                      f"--output_dir={tmp_path / script}"])

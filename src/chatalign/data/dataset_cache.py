@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from chatalign.data.tokenizers import tokenizer_fingerprint
 from chatalign.store import cache_root, content_hash
 
 logger = logging.getLogger(__name__)
@@ -41,26 +42,20 @@ def rows_hash(dataset, columns: Sequence[str]) -> str:
     return hashlib.sha256(memoryview(sink.getvalue())).hexdigest()
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of what a tokenizer renders and tokenizes with: its full serialisation (vocabulary, merges, normaliser,
-    added tokens), chat template and special tokens."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    serialised = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+def preparation_key(kind: str, dataset, columns: Sequence[str], tokenizer, settings: dict) -> str:
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(
         tokenizer.chat_template, sort_keys=True)
-    parts = [serialised, template or "", json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)]
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
-
-
-def preparation_key(kind: str, dataset, columns: Sequence[str], tokenizer, settings: dict) -> str:
     return content_hash({"kind": kind, "version": PREPARATION_VERSION, "rows": rows_hash(dataset, columns),
-                         "tokenizer": tokenizer_fingerprint(tokenizer), "settings": settings})[:32]
+                         "tokenizer": tokenizer_fingerprint(tokenizer), "chat_template": template or "",
+                         "settings": settings})[:32]
 
 
 def cached_preparation(kind: str, dataset, columns: Sequence[str], tokenizer, settings: dict,
-                       prepare: Callable[[], tuple], cache_dir: str | Path | None = None, what: str = "rows"):
+                       prepare: Callable[[], tuple], cache_dir: str | Path | None = None, what: str = "rows",
+                       write: bool = True):
     """`prepare()` -> (prepared dataset, counts dict), computed once per key and loaded from the cache after.
-    Returns (dataset, counts, loaded: bool)."""
+    `write=False` (a process other than the main one) reads the cache but never writes it. Returns (dataset, counts,
+    loaded: bool)."""
     from datasets import load_from_disk
 
     folder = cache_root(cache_dir) / kind / preparation_key(kind, dataset, columns, tokenizer, settings)
@@ -71,6 +66,8 @@ def cached_preparation(kind: str, dataset, columns: Sequence[str], tokenizer, se
                     folder)
         return prepared, counts, True
     prepared, counts = prepare()
+    if not write:
+        return prepared, counts, False
     # Written to a sibling folder and renamed: an interrupted save leaves no half cache behind.
     partial = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
     try:

@@ -1,8 +1,10 @@
 """Tokenizers as every script needs them: a chat template installed, the pad, eos and sep tokens prepared (a pad
-distinct from eos), template stops."""
+distinct from eos), template stops, and one fingerprint of what a tokenizer turns text into."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 
@@ -39,6 +41,27 @@ def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code:
     if padding_side:
         tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what a text tokenises to and what trainers append to it: the backend's full serialisation
+    (vocabulary, merges, normaliser, pre-tokeniser, added tokens) without the truncation and padding state a call
+    leaves behind, and the special tokens. The chat template is not in it: callers hash it beside this, so a change
+    there is named as a template change."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer: its vocabulary is what it has
+        serialised = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    else:
+        if backend.truncation is not None or backend.padding is not None:
+            # transformers leaves the last call's truncation or padding on the backend; equal tokenizers hash equal
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(backend.to_str())
+            backend.no_truncation()
+            backend.no_padding()
+        serialised = backend.to_str()
+    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256(f"{serialised}\x00{special}".encode()).hexdigest()
 
 
 def ensure_pad_token(tokenizer, model=None, keep_pad_equal_eos: bool = False) -> str:

@@ -33,7 +33,8 @@ from chatalign.train.padding_free import (
     reference_forward,
     reference_in_batch,
 )
-from chatalign.train.run import RunArguments
+from chatalign.train.prepared_data import cached_trainer_dataset
+from chatalign.train.run import PreparedDataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ REAL, GENERATED = True, False  # unpaired `label` of the real response and of th
 
 
 @dataclass
-class KTOScriptArguments(RunArguments):
+class KTOScriptArguments(PreparedDataArguments):
     """Recipe keys of run_kto beyond KTOConfig (names chosen not to clash with KTOConfig, ModelConfig or DataArguments)."""
 
     kto_variant: Literal["standard", "nnpu"] = field(
@@ -224,13 +225,19 @@ class ChatalignKTOTrainer(KTOTrainer):
     padding_free (default: args.padding_free where the config has it): the completions and the KL completions are
     each one flattened row (PaddingFreeUnpairedCollator); the per-token outputs go back to the padded layout, where
     TRL's loss and metrics run unchanged (chatalign.train.padding_free).
+
+    cache_prepared_data: the prepared rows (and their length counts) are kept on disk and a later run with the same
+    rows, tokenizer and settings loads them (chatalign.train.prepared_data).
     """
 
     pair_rows = False  # nnPU: rows 2k and 2k+1 are a (real, generated) pair, kept or dropped together
     uses_kl_completions = True  # nnPU estimates KL from the batch itself and needs no mismatched-pair forward
 
-    def __init__(self, *args, max_prompt_length: int | None = None, padding_free: bool | None = None, **kwargs):
-        self.max_prompt_length = max_prompt_length  # read by _prepare_dataset, which runs inside super().__init__
+    def __init__(self, *args, max_prompt_length: int | None = None, padding_free: bool | None = None,
+                 cache_prepared_data: bool = False, prepared_data_cache_dir: str | None = None, **kwargs):
+        # Read by _prepare_dataset, which runs inside super().__init__.
+        self.max_prompt_length = max_prompt_length
+        self.cache_prepared_data, self.prepared_data_cache_dir = cache_prepared_data, prepared_data_cache_dir
         self.data_counts: dict[str, dict[str, int]] = {}
         config = kwargs.get("args")
         if padding_free is None:
@@ -279,11 +286,27 @@ class ChatalignKTOTrainer(KTOTrainer):
             return super()._compute_loss(FlatForward(model, inputs), batch, return_outputs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        # Off for good under nnPU, which also spares compute_ref_log_probs the KL forward (set on a cache hit too).
+        self.calculate_KL = self.calculate_KL and self.uses_kl_completions
+        settings = {"max_length": args.max_length, "max_prompt_length": self.max_prompt_length,
+                    "kl_batch_size": args.per_device_train_batch_size, "calculate_KL": self.calculate_KL,
+                    "pair_rows": self.pair_rows, "desirable_weight": self.desirable_weight,
+                    "undesirable_weight": self.undesirable_weight}  # the weights: TRL's balance warning
+        dataset, counts = cached_trainer_dataset(
+            self, "kto_tokens", dataset, processing_class, dataset_name, settings,
+            lambda: self._prepare_uncached(dataset, processing_class, args, dataset_name))
+        self.data_counts[dataset_name] = counts
+        logger.info("%s rows after length handling (max_length=%s, max_prompt_length=%s): %s", dataset_name,
+                    args.max_length, self.max_prompt_length, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+        if len(dataset) == 0:
+            raise ValueError(f"no {dataset_name} row fits max_length={args.max_length}: {counts}")
+        return dataset
+
+    def _prepare_uncached(self, dataset, processing_class, args, dataset_name):
         from trl.trainer.utils import global_then_local_main_first
 
-        # Off for TRL's pass (its rotation would run before our drops), back on for ours; off for good under nnPU,
-        # which also spares compute_ref_log_probs the KL forward.
-        calculate_kl = self.calculate_KL and self.uses_kl_completions
+        # Off for TRL's pass (its rotation would run before our drops), back on for ours.
+        calculate_kl = self.calculate_KL
         self.calculate_KL = False
         trl_args = copy.copy(args)  # only max_length differs; the Trainer keeps the original
         trl_args.max_length = None
@@ -296,12 +319,7 @@ class ChatalignKTOTrainer(KTOTrainer):
             if self.calculate_KL:
                 dataset = dataset.map(_rotate_kl_completions, batched=True, batch_size=args.per_device_train_batch_size,
                                       num_proc=args.dataset_num_proc, desc=f"Extracting KL {dataset_name} dataset")
-        self.data_counts[dataset_name] = counts
-        logger.info("%s rows after length handling (max_length=%s, max_prompt_length=%s): %s", dataset_name,
-                    args.max_length, self.max_prompt_length, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-        if len(dataset) == 0:
-            raise ValueError(f"no {dataset_name} row fits max_length={args.max_length}: {counts}")
-        return dataset
+        return dataset, counts
 
     def _fit_lengths(self, dataset, args, dataset_name):
         max_length, max_prompt = args.max_length, self.max_prompt_length

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trl import ModelConfig
@@ -35,10 +36,11 @@ class ModelArguments(ModelConfig):
 
 
 def load_training_tokenizer(model_args: ModelArguments, chat_template: str | None, trust_remote_code: bool = False,
-                            source: str | None = None):
+                            sources: Mapping[str, str] | None = None):
     """The tokenizer with the recipe's chat template, or the checkpoint's own (a template is required), and its pad,
     eos and sep tokens prepared (prepare_special_tokens; load_model grows the embeddings for any token added).
-    `source` names where special_tokens was set (ChatalignParser.sources) for its errors."""
+    `sources` (ChatalignParser.sources) says where special_tokens was set, e.g. a model block, for its errors."""
+    source = (sources or {}).get("special_tokens")
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=trust_remote_code,
                                chat_template=chat_template, pad_with_eos=False)

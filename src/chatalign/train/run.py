@@ -116,6 +116,20 @@ class RunArguments:
     )
 
 
+@dataclass
+class PreparedDataArguments(RunArguments):
+    """Recipe keys of the training runs that tokenize their data before training (SFT, DPO, KTO)."""
+
+    cache_prepared_data: bool = field(
+        default=True,
+        metadata={"help": "Keep the rendered and tokenized rows on disk, keyed by a hash of the rows, tokenizer, "
+                          "template and settings; a later run with the same ones loads them."},
+    )
+    prepared_data_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where (default $CHATALIGN_CACHE, else ~/.cache/chatalign)."}
+    )
+
+
 # The keys that make two runs the same run: a run may be resumed with other max_steps, logging or evaluation
 # settings, but not on another model, other data, another seed or another loss.
 RUN_IDENTITY = ("model_name_or_path", "model_revision", "ref_model_name_or_path", "ref_model_revision", "dataset_mixer",

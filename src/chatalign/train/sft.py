@@ -12,13 +12,13 @@ from typing import Literal
 from chatalign.configs import ConfigError
 from chatalign.data.dataset_cache import cached_preparation
 from chatalign.data.rendering import IGNORE_INDEX, render_conversations
-from chatalign.train.run import RunArguments, count_summary
+from chatalign.train.run import PreparedDataArguments, count_summary
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTScriptArguments(RunArguments):
+class SFTScriptArguments(PreparedDataArguments):
     """Recipe keys of run_sft beyond TRL's SFTConfig."""
 
     overflow: Literal["truncate", "drop"] = field(
@@ -28,14 +28,6 @@ class SFTScriptArguments(RunArguments):
         default=True,
         metadata={"help": "true: train on the assistant replies only (system, user and tool turns masked). false: "
                           "train on every token of the conversation (LION's mask_user_labels: false)."},
-    )
-    cache_prepared_data: bool = field(
-        default=True,
-        metadata={"help": "Keep the rendered and tokenized rows on disk, keyed by a hash of the rows, tokenizer, "
-                          "template and settings; a later run with the same ones loads them."},
-    )
-    prepared_data_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where (default $CHATALIGN_CACHE, else ~/.cache/chatalign)."}
     )
 
 

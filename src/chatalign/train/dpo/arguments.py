@@ -10,7 +10,7 @@ from typing import Any, Literal
 from chatalign.configs import ConfigError
 from chatalign.train.dpo.selection import parse_preference_config
 from chatalign.train.models import reference_model_path as shared_rule
-from chatalign.train.run import RunArguments, check_recipe
+from chatalign.train.run import PreparedDataArguments, check_recipe
 
 # Every DPO loss TRL 1.16 implements (`DPOTrainer._compute_loss`); DPOConfig itself accepts any string.
 TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -24,7 +24,7 @@ UNWEIGHTABLE_LOSS_TYPES = {
 
 
 @dataclass
-class DPOScriptArguments(RunArguments):
+class DPOScriptArguments(PreparedDataArguments):
     """Recipe keys of run_dpo beyond TRL's DPOConfig."""
 
     ref_model_name_or_path: str | None = field(

@@ -30,6 +30,7 @@ from typing import Any
 
 from trl import DPOTrainer
 
+from chatalign.data.tokenizers import tokenizer_fingerprint
 from chatalign.store import atomic_path, cache_root, content_hash, pair_id
 from chatalign.train.models import reference_revision
 
@@ -99,18 +100,6 @@ def model_fingerprint(name_or_path: str, revision: str | None = None) -> dict[st
     for volatile in ("_name_or_path", "transformers_version"):
         config.pop(volatile, None)
     return {"model": where, "model_config": content_hash(config), "model_weights": weights_id}
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of the vocabulary (added tokens included) and, for fast tokenizers, the merges and pre-tokenisation."""
-    parts: dict[str, Any] = {"vocab": tokenizer.get_vocab()}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        for runtime in ("truncation", "padding"):  # set per call, not part of what a text tokenises to
-            spec.pop(runtime, None)
-        parts["backend"] = spec
-    return content_hash(parts)
 
 
 def reference_dependencies(model_args, training_args, script_args, tokenizer) -> dict[str, Any]:

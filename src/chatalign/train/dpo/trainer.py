@@ -23,6 +23,7 @@ from chatalign.train.padding_free import (
     padded_layout,
     reference_in_batch,
 )
+from chatalign.train.prepared_data import cached_trainer_dataset
 
 
 def _with_pair_columns(out, examples):
@@ -114,10 +115,15 @@ class ChatalignDPOTrainer(DPOTrainer):
       reference forward alike; the per-token outputs go back to the padded layout, where the loss (TRL's, or the
       weighted one) and the metrics are computed as for a padded batch. TRL 1.16 switches padding_free off with a
       warning; the flag is taken before that and kept as `self.padding_free` (and in args).
+    * cache_prepared_data: TRL's tokenized rows are kept on disk and a later run with the same rows, tokenizer and
+      settings loads them (chatalign.train.prepared_data).
     """
 
-    def __init__(self, *args, weighted: bool = False, wis_gamma: float | None = None, **kwargs):
+    def __init__(self, *args, weighted: bool = False, wis_gamma: float | None = None,
+                 cache_prepared_data: bool = False, prepared_data_cache_dir: str | None = None, **kwargs):
         self.wis_gamma = wis_gamma
+        # Read by _prepare_dataset, which runs inside super().__init__.
+        self.cache_prepared_data, self.prepared_data_cache_dir = cache_prepared_data, prepared_data_cache_dir
         weighted = weighted or wis_gamma is not None
         self.weighted = weighted
         config = kwargs.get("args")
@@ -155,6 +161,14 @@ class ChatalignDPOTrainer(DPOTrainer):
         self.padding_free = padding_free
         if padding_free and self._is_vision_dataset:
             raise ValueError("padding_free=True is not supported for vision datasets")
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        trl_prepare = super()._prepare_dataset  # TRL 1.16's reads these two settings of args, and the tokenizer
+        settings = {"max_length": args.max_length, "truncation_mode": args.truncation_mode}
+        prepared, _ = cached_trainer_dataset(
+            self, "dpo_tokens", dataset, processing_class, dataset_name, settings,
+            lambda: (trl_prepare(dataset, processing_class, args, dataset_name), {}))
+        return prepared
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         if set(REF_COLUMNS) <= set(dataset.column_names):
