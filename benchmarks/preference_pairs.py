@@ -27,6 +27,8 @@ from common import (
 
 
 def reference_reuse(quick: bool, peak: float) -> dict:
+    """Both trainers as the recipes run them (padding-free, varlen attention, the fitted fused head). The reference's
+    forward is timed alone too: (precomputed step + that forward) / precomputed step is what skipping it can save."""
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -37,9 +39,10 @@ def reference_reuse(quick: bool, peak: float) -> dict:
     n = 4 if quick else 16
     rows = _preference_rows(n, seed=3, clip=clip_for(quick))
     work = Path(tempfile.mkdtemp())
+    attn = "chatalign_varlen" if varlen_available() else "sdpa"
     args = DPOConfig(output_dir=str(work), report_to=[], use_cpu=True, bf16=False, per_device_train_batch_size=4,
-                     max_length=1024, disable_tqdm=True, activation_checkpointing=False)
-    policy, reference = bench_model(), bench_model(seed=1)
+                     max_length=1024, disable_tqdm=True, activation_checkpointing=False, padding_free=True)
+    policy, reference = bench_model(attn), bench_model(attn, seed=1)
     path = work / "ref.parquet"
     start = time.perf_counter()
     compute_ref_logps(reference, tokenizer, args, [Dataset.from_list(rows)], path, RefLogps({}, set(), {}), {"x": 1})
@@ -63,13 +66,18 @@ def reference_reuse(quick: bool, peak: float) -> dict:
         trainer.compute_loss(policy, batch).backward()
 
     times = alternate({"online": lambda: step(online, batches["online"]),
-                       "precomputed": lambda: step(given, batches["precomputed"])}, repeats=1 if quick else 3)
-    ratio = statistics.median(times["online"]) / statistics.median(times["precomputed"])
+                       "precomputed": lambda: step(given, batches["precomputed"]),
+                       "reference_forward": lambda: online.compute_ref_log_probs(reference, batches["online"])},
+                      repeats=1 if quick else 3)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    ratio = seconds["online"] / seconds["precomputed"]
+    ceiling = (seconds["precomputed"] + seconds["reference_forward"]) / seconds["precomputed"]
     reload_ratio = recompute / reload
-    return record("DPO step, precomputed vs online reference", f"{statistics.median(times['precomputed']):.2f} s",
-                  f"{statistics.median(times['online']):.2f} s", ratio, ">= 1.25x; cache reload >= 20x",
-                  ratio >= 1.25 and reload_ratio >= 20, cache_reload_vs_recompute=reload_ratio,
-                  recompute_s=recompute, reload_s=reload, pairs=n)
+    return record("DPO step, precomputed vs online reference", f"{seconds['precomputed']:.2f} s",
+                  f"{seconds['online']:.2f} s", ratio, ">= 1.25x; cache reload >= 20x",
+                  ratio >= 1.25 and reload_ratio >= 20, attention=attn, padding_free=True,
+                  reference_forward_s=seconds["reference_forward"], ceiling=ceiling, of_ceiling=ratio / ceiling,
+                  cache_reload_vs_recompute=reload_ratio, recompute_s=recompute, reload_s=reload, pairs=n)
 
 
 def _word_tokenizer():
@@ -141,15 +149,19 @@ def dpo_padding_free(quick: bool, peak: float) -> dict:
         trainer.compute_loss(trainer.model, batch).backward()
 
     times = alternate({name: (lambda k=name: step(k)) for name in trainers}, repeats=1 if quick else 3)
-    real = sum(len(r["chosen"][0]["content"].split()) + len(r["rejected"][0]["content"].split())
-               + 2 * len(r["prompt"][0]["content"].split()) for r in rows)
+    completions = sum(len(r["chosen"][0]["content"].split()) + len(r["rejected"][0]["content"].split())
+                      for r in rows)
+    real = completions + sum(2 * len(r["prompt"][0]["content"].split()) for r in rows)
     ratio = statistics.median(times["padded"]) / statistics.median(times["padding_free"])
-    flops = (6 + 2) * (non_embedding_params(trainers["padded"][0].model) + HIDDEN * VOCAB) * real  # policy + ref fwd
+    # Policy forward + backward (6) and reference forward (2): the backbone over every real token, the LM head over
+    # the completions' positions only, the ones TRL's fused head projects (the prompt's are not scored).
+    flops = (6 + 2) * (non_embedding_params(trainers["padded"][0].model) * real + HIDDEN * VOCAB * completions)
     mfu = {name: flops / statistics.median(t) / peak for name, t in times.items()}
     return record("DPO step throughput, padding-free vs padded", f"{statistics.median(times['padding_free']):.2f} s",
                   f"{statistics.median(times['padded']):.2f} s", ratio, ">= 1.3x", ratio >= 1.3, attention=attn,
                   pairs=n, mfu_padding_free=mfu["padding_free"], mfu_padded=mfu["padded"],
-                  mfu_count="(6 policy + 2 reference) x (non-embedding + LM head) x approx real tokens")
+                  mfu_count="(6 policy + 2 reference) x (non-embedding x real tokens + LM head x completion "
+                  "tokens); tokens counted as words, the template's few tokens left out")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -189,3 +201,48 @@ def kto_padding_free(quick: bool, peak: float) -> dict:
                   f"{statistics.median(times['padded']):.2f} s", ratio, ">= 1.3x", ratio >= 1.3, attention=attn,
                   rows=n, kl_completions=kl)
 
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# TRL's fused LM head on CPU: scoring the labelled positions only (chatalign's fit) vs every position (TRL off Triton)
+
+
+def fused_head_positions(quick: bool, peak: float) -> dict:
+    import trl.kernels.chunked_logprob as kernel
+    import trl.trainer.utils as trl_utils
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from chatalign.train.chunked_logps import fit_fused_head_tiles
+    from chatalign.train.dpo.trainer import ChatalignDPOTrainer
+
+    fit_fused_head_tiles("cpu")
+    compact, every = trl_utils._use_triton, kernel._use_triton
+    tokenizer = _word_tokenizer()
+    n = 4 if quick else 8
+    rows = _preference_rows(n, seed=5, clip=clip_for(quick))
+    attn = "chatalign_varlen" if varlen_available() else "sdpa"
+    args = DPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
+                     per_device_train_batch_size=n, max_length=2048, activation_checkpointing=False, padding_free=True)
+    trainer = ChatalignDPOTrainer(model=bench_model(attn), ref_model=bench_model(attn, seed=1), args=args,
+                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    losses = {}
+
+    def step(name, decide):
+        trl_utils._use_triton = decide
+        try:
+            trainer.model.zero_grad(set_to_none=True)
+            loss = trainer.compute_loss(trainer.model, batch)
+            loss.backward()
+            losses[name] = float(loss)
+        finally:
+            trl_utils._use_triton = compact
+
+    times = alternate({"labelled": lambda: step("labelled", compact), "every": lambda: step("every", every)},
+                      repeats=1 if quick else 3)
+    a, b = statistics.median(times["labelled"]), statistics.median(times["every"])
+    same = abs(losses["labelled"] - losses["every"]) <= 1e-5
+    return record("DPO step, fused LM head scoring labelled positions vs every position (CPU)", f"{a:.2f} s",
+                  f"{b:.2f} s", b / a, "> 1x, same loss (chatalign's own pair, not the issue's)", b / a > 1 and same,
+                  same_loss=same, pairs=n, padding_free=True, attention=attn)

@@ -7,14 +7,15 @@ and LLM judges combined with weights.
         recipes/zephyr-7b-beta/rl/config_grpo.yaml
 
 Prompts come from the mixer in the prompt schema (prompt rows, the prompt of sft rows with their last reply as
-`reference`, of preference rows with the chosen reply, the ToRA GSM8K rows with their `gt`); every extra column reaches
-the reward functions by name. Rewards
-(recipe key `rewards`, see chatalign.train.rewards):
+`reference`, of preference rows with the chosen reply, the ToRA GSM8K rows with their `gt`); `prompt`, `reference`,
+`prompt_id` and `source` reach the reward functions by name, and so do the raw columns the recipe lists in
+`reward_columns` (every source must have them; sources converted from sft or preference rows carry none).
+Rewards (recipe key `rewards`, see chatalign.train.rewards):
   function:<module:function>    a TRL reward function, e.g. chatalign.train.rewards:gsm8k_correctness
   reward_model:<checkpoint>     an AutoModelForSequenceClassification, with its own tokenizer and chat template
   judge:<judge spec>            an LLM judge rating 1 to 10 (llm:<model>@<url>, a local checkpoint), cached
-Generation during training: vLLM where installed with a GPU (TRL's use_vllm, vllm_mode colocate or server), else
-in process (generation_backend). Logged per step: rewards/<name>/mean and /std, reward, kl (beta > 0),
+Generation during training: vLLM where installed with a GPU and use_cpu is off (TRL's use_vllm, vllm_mode colocate
+or server), else in process (generation_backend). Logged per step: rewards/<name>/mean and /std, reward, kl (beta > 0),
 completions/mean_length; a few sampled completions go to <output_dir>/sampled_completions.jsonl.
 """
 
@@ -36,7 +37,7 @@ logger = logging.getLogger("run_rl")
 
 
 def make_parser(rl_algorithm: str = "grpo") -> ChatalignParser:
-    config_class, _ = trainer_classes(rl_algorithm)  # ppo where TRL ships none: an error before anything is read
+    config_class, _ = trainer_classes(rl_algorithm)  # ppo (unsupported): an error before anything is read
     return ChatalignParser([ModelArguments, DataArguments, config_class, RLScriptArguments, JudgeArguments])
 
 
@@ -56,7 +57,10 @@ def main(argv=None):
     from chatalign.train.rl import (
         check_rl_run,
         check_same_rl_run,
+        check_vllm_vocabulary,
         drop_long_prompts,
+        judge_cache_files,
+        prune_sampled_completions,
         resolve_generation_backend,
         with_system_prompt,
     )
@@ -80,14 +84,18 @@ def main(argv=None):
     check_same_rl_run(training_args.output_dir, configs, checkpoint)
     if training_args.process_index == 0:
         write_run_args(training_args.output_dir, configs)
+        # The file is appended to: rows of steps this run trains (again) would otherwise appear twice.
+        prune_sampled_completions(training_args.output_dir, checkpoint)
 
     # 2. Tokenizer and prompts: mixed in the prompt schema, the recipe's system prompt, too-long prompts dropped
     tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
                                         parser.sources)
+    if training_args.use_vllm:
+        check_vllm_vocabulary(tokenizer, model_args, training_args.trust_remote_code)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     data_counts = {}
     with training_args.main_process_first(desc="dataset preparation"):
-        mixture = load_mixture(data_args, "prompt", seed, tokenizer)
+        mixture = load_mixture(data_args, "prompt", seed, tokenizer, extra_columns=script_args.reward_columns or ())
         train_dataset, data_counts["train"] = drop_long_prompts(
             with_system_prompt(mixture.train, script_args.system_prompt), tokenizer, script_args.max_prompt_length)
         eval_dataset = None
@@ -101,10 +109,9 @@ def main(argv=None):
     # generation config). TRL builds the frozen reference itself from the policy's path (beta > 0, no PEFT).
     model = load_model(model_args, training_args, tokenizer)
     set_stop_tokens(tokenizer, model, infer_stop_strings(tokenizer.chat_template))
-    cache_path = script_args.judge_cache_file or str(Path(training_args.output_dir) / "reward_judgments.jsonl")
-    if training_args.world_size > 1:  # one writer per file; every process reads the others' judgments
-        cache_path = str(Path(cache_path).with_suffix(f".rank{training_args.process_index}.jsonl"))
-    read_also = sorted(Path(cache_path).parent.glob(Path(cache_path).name.split(".")[0] + "*.jsonl"))
+    cache_path, read_also = judge_cache_files(  # one writer per file; every process reads the others' judgments
+        script_args.judge_cache_file or Path(training_args.output_dir) / "reward_judgments.jsonl",
+        training_args.world_size, training_args.process_index)
     rewards = build_rewards(specs, judge_args, cache_path, read_also, device=training_args.device)
 
     # 4. Trainer

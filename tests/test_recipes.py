@@ -91,6 +91,24 @@ def test_recipe_parses_names_what_exists_and_passes_its_checks(recipe: Path):
         assert data_args.chat_template == "zephyr" and data_args.auto_insert_empty_system_msg
 
 
+RL_RECIPES = [p for p in RECIPES if p.parent.name == "rl"]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+@pytest.mark.parametrize("recipe", RL_RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_rl_recipe_parses_under_each_algorithm(recipe: Path, algorithm: str):
+    """Each RL recipe's header offers --rl_algorithm=rloo: its keys must all be RLOOConfig's too (none GRPO-only)."""
+    from chatalign.train.rl import RL_ALGORITHMS, check_rl_run, requested_algorithm
+
+    assert set(RL_ALGORITHMS) == {"grpo", "rloo"}  # a new algorithm gets its parametrization here
+    argv = [str(recipe), f"--rl_algorithm={algorithm}", *CPU_OVERRIDES]
+    assert requested_algorithm(argv) == algorithm
+    _, data_args, training_args, script_args, _ = load_script("run_rl").make_parser(algorithm).parse(argv)
+    assert script_args.rl_algorithm == algorithm
+    assert type(training_args).__name__ == {"grpo": "GRPOConfig", "rloo": "RLOOConfig"}[algorithm]
+    check_rl_run(script_args, training_args, data_args)
+
+
 # Folders a user makes by hand, as the recipe's header says (a converted checkpoint, other runs' id files).
 USER_PRODUCED = {"models/starling-rm-7b-alpha-seqcls"}
 

@@ -54,6 +54,20 @@ def test_the_key_changes_with_rows_tokenizer_template_and_settings(tok, tmp_path
     assert len(list((tmp_path / "test_kind").iterdir())) == 5
 
 
+def test_the_key_changes_with_the_libraries_that_render_and_encode(tok, tmp_path, monkeypatch):
+    import tokenizers
+    import transformers
+
+    dataset = Dataset.from_list(ROWS)
+    prepare_cached(dataset, tok, tmp_path)
+    loaded = []
+    for module in (transformers, tokenizers):
+        monkeypatch.setattr(module, "__version__", module.__version__ + ".post1")
+        loaded.append(prepare_cached(dataset, tok, tmp_path)[2])
+    assert loaded == [False, False]
+    assert len(list((tmp_path / "test_kind").iterdir())) == 3
+
+
 def test_the_row_hash_depends_on_the_rows_only():
     # The same rows built the same way hash equal, a selection's indices included; other rows do not.
     assert rows_hash(Dataset.from_list(ROWS), ["messages"]) == rows_hash(Dataset.from_list(ROWS), ["messages"])

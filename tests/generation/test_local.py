@@ -64,3 +64,30 @@ def test_local_generation_cuts_at_special_token_stops(tiny_tokenizer):
     unstopped = generate_local(ScriptedModel(), tok, [[{"role": "user", "content": "Capital of France?"}]],
                                SamplingParams(max_tokens=16), progress=False)
     assert unstopped == [["Paris.\nuser\nmore"]]
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time_and_batches_by_length(tiny_model_dir):
+    """What the generation benchmark times: batches of length-sorted prompts give the texts of one-at-a-time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [[{"role": "user", "content": "word " * n + f"question {n}?"}] for n in (3, 30, 1, 12, 7, 20)]
+    params = SamplingParams(max_tokens=12)
+    widths = []
+    generate = model.generate
+
+    def recording_generate(input_ids, **kwargs):
+        widths.append([int(m.sum()) for m in kwargs["attention_mask"]])
+        return generate(input_ids=input_ids, **kwargs)
+
+    model.generate = recording_generate
+    batched = generate_local(model, tokenizer, conversations, params, batch_size=3, progress=False)
+    one_batch_widths = widths[:]
+    widths.clear()
+    alone = generate_local(model, tokenizer, conversations, params, batch_size=1, progress=False)
+    assert batched == alone and len(batched) == 6 and any(text[0] for text in batched)
+    # Longest prompts first, three per batch, each batch's prompts sorted by length.
+    flat = [w for batch in one_batch_widths for w in batch]
+    assert [len(b) for b in one_batch_widths] == [3, 3] and flat == sorted(flat, reverse=True)
+    assert sorted(flat, reverse=True) == sorted((w for (w,) in widths), reverse=True)

@@ -18,10 +18,24 @@ TRL_TILES = (4096, 32768)  # TRL 1.16's own sizes, before any chatalign load fit
 
 @pytest.fixture
 def trl_tiles(monkeypatch):
-    """TRL's own tile sizes for the test; whatever was set before is put back after it."""
+    """TRL's own tile sizes and position scoring for the test; whatever was set before is put back after it."""
     monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", TRL_TILES[0])
     monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", TRL_TILES[1])
+    monkeypatch.setattr(trl_utils, "_use_triton", kernel._use_triton)
     return fused_head_tiles()
+
+
+def positions_scored(monkeypatch) -> list[int]:
+    """The number of positions each call of TRL's fused head passes to its kernel."""
+    scored = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting_apply(hidden, *args):
+        scored.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting_apply)
+    return scored
 
 
 def full_logits_outputs(model, ids, labels):
@@ -42,8 +56,9 @@ def full_logits_outputs(model, ids, labels):
 
 
 @pytest.mark.parametrize("tiles", [(3, 7), (5, 1000), TORCH_OPS_TILES])
-def test_fitted_tiles_give_the_full_logits_outputs_and_gradients(tiny_model_dir, trl_tiles, tiles):
+def test_fitted_tiles_give_the_full_logits_outputs_and_gradients(tiny_model_dir, trl_tiles, tiles, monkeypatch):
     assert fit_fused_head_tiles("cpu", tiles) == tiles == fused_head_tiles()
+    scored = positions_scored(monkeypatch)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.randint(5, model.config.vocab_size, (2, 13))  # 24 scored positions: not a multiple of 5 or 7
@@ -66,8 +81,27 @@ def test_fitted_tiles_give_the_full_logits_outputs_and_gradients(tiny_model_dir,
         else:
             assert torch.allclose(value.float(), expected[name], atol=1e-5), name
     assert (got.log_probs[:, :3] == 0).all()
+    assert scored == [2 * 9]  # only the labelled positions reach the kernel, not the prompt's 2 x 3
     for p, g in zip(model.parameters(), reference_grads, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-5)
+
+
+def test_trl_scores_every_position_on_cpu_until_fitted(tiny_model_dir, trl_tiles, monkeypatch):
+    """What the fit changes: TRL alone passes the prompt's positions to the kernel too; the kernel's own choice of
+    fold (Triton or torch ops) is not touched."""
+    scored = positions_scored(monkeypatch)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    add_fused_lm_head(model, outputs=("log_probs",))
+    ids = torch.randint(5, model.config.vocab_size, (2, 13))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    before = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    fit_fused_head_tiles("cpu")
+    fit_fused_head_tiles("cpu")  # idempotent: one wrapper
+    after = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    assert scored == [2 * 12, 2 * 9]
+    assert torch.allclose(before, after, atol=1e-6)
+    assert trl_utils._use_triton(torch.device("cpu")) and not kernel._use_triton(torch.device("cpu"))
 
 
 def test_a_triton_device_keeps_trls_tiles(trl_tiles, monkeypatch):
@@ -87,3 +121,24 @@ def test_loading_a_model_for_training_fits_the_tiles(tiny_model_dir, tmp_path, t
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     load_model(ModelArguments(model_name_or_path=str(tiny_model_dir)), training_args, tokenizer)
     assert fused_head_tiles() == TORCH_OPS_TILES
+
+
+def test_a_dpo_or_kto_trainer_given_any_model_fits_the_tiles(tiny_model_dir, tmp_path, trl_tiles):
+    """The benchmarks (and users) build trainers from a model they loaded themselves, not through load_model."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, KTOConfig
+
+    from chatalign.train.dpo.trainer import ChatalignDPOTrainer
+    from chatalign.train.kto import ChatalignKTOTrainer
+    from tests.helpers.preference import preference_rows, unpaired_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for trainer_class, config_class, rows in ((ChatalignDPOTrainer, DPOConfig, preference_rows),
+                                              (ChatalignKTOTrainer, KTOConfig, unpaired_rows)):
+        kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = TRL_TILES
+        config = config_class(output_dir=str(tmp_path / config_class.__name__), use_cpu=True, report_to="none",
+                              max_length=64)
+        trainer_class(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=config,
+                      processing_class=tokenizer, train_dataset=Dataset.from_list(rows(4)))
+        assert fused_head_tiles() == TORCH_OPS_TILES, trainer_class.__name__

@@ -19,6 +19,7 @@ from chatalign.train.rewards import (
     gsm8k_correctness,
     last_boxed,
     parse_reward_specs,
+    reference_answer,
 )
 
 PROMPT = [{"role": "user", "content": "Janet has 16 eggs and eats 3. How many are left?"}]
@@ -60,6 +61,22 @@ def test_gsm8k_correctness_reads_commas_boxed_references_and_missing_ones():
     with pytest.raises(ValueError, match="needs the gold answer in a 'reference' column"):
         gsm8k_correctness([PROMPT], ["13"])
     assert boxed_answer_format([PROMPT] * 2, [said("so \\boxed{4}"), said("4")]) == [1.0, 0.0]
+
+
+GSM8K_REPLY = ("Janet eats 3 of the 16 eggs, so 16 - 3 = <<16-3=13>>13 are left; at $2 each she makes 13 * 2 = "
+               "<<13*2=26>>26 dollars.\n#### 26")
+# The box wins over the last number (16), as in a completion.
+BOXED_REPLY = "She sells 16 - 3 = 13 eggs at $2: $\\boxed{26}$ dollars a day from her 16 eggs."
+
+
+def test_gsm8k_correctness_reads_the_answer_of_a_full_reference_reply():
+    """sft rows give their whole last reply as `reference`: its final answer is compared, not the reply."""
+    assert reference_answer(GSM8K_REPLY) == "26" and reference_answer(BOXED_REPLY) == "26"
+    assert reference_answer("It makes 5,600 dollars.") == "5,600"  # prose without a marker: its last number
+    assert reference_answer("\\frac{1}{2}") == "\\frac{1}{2}" and reference_answer(" 18 ") == "18"  # bare answers
+    completions = ["13 * 2 = 26, so \\boxed{26}.", "The answer is 26", "\\boxed{13}", "#### 16"]
+    for reference in (GSM8K_REPLY, BOXED_REPLY):
+        assert gsm8k_correctness([PROMPT] * 4, completions, reference=[reference] * 4) == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_reward_specs_compact_and_mapping_forms_with_weights(tmp_path):

@@ -20,6 +20,8 @@ from chatalign.configs import ConfigError
 from chatalign.train.rl import (
     RLScriptArguments,
     drop_long_prompts,
+    judge_cache_files,
+    prune_sampled_completions,
     requested_algorithm,
     resolve_generation_backend,
 )
@@ -32,6 +34,11 @@ def reference_length(prompts, completions, reference, **kwargs):
     """Rewards completions by length; fails unless every row's gold answer arrives as `reference`."""
     assert all(isinstance(r, str) and r for r in reference), reference
     return [len(c[0]["content"]) / 10.0 for c in completions]
+
+
+def answer_value(prompts, completions, answer, **kwargs):
+    """The row's own `answer` column (a recipe's reward_columns) as the reward."""
+    return [float(a) for a in answer]
 '''
 
 
@@ -101,11 +108,14 @@ def test_grpo_with_a_function_and_a_reward_model_logs_each_reward_and_resumes(tm
     assert ids[0] == "prompt_id" and len(ids) == 9
 
     # Resume from checkpoint-2: steps 3 and 4 are trained again from there, the history continues.
+    first_run = samples
     resumed = run_rl.main([recipe, "--max_steps=4", "--resume_from_checkpoint=true"])
     assert resumed.state.global_step == 4
     assert [h["step"] for h in logged_steps(resumed)] == [1, 2, 3, 4]
     samples = [json.loads(line) for line in (out / "sampled_completions.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in samples][-4:] == [3, 3, 4, 4]
+    # The first run's step-3 rows are gone (step 3 was trained again): each step once, in order, steps 1-2 untouched.
+    assert [s["step"] for s in samples] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert samples[:4] == first_run[:4]
     # Another algorithm or other rewards do not resume this run's checkpoints.
     with pytest.raises(ConfigError, match="holds checkpoints of another run"):  # RLOO has no loss_type
         run_rl.main([recipe, "--rl_algorithm=rloo", "--resume_from_checkpoint=true"])
@@ -146,23 +156,67 @@ def test_the_reference_gets_the_policys_embedding_rows(tmp_path, tiny_model_dir,
     assert trainer.ref_model.get_input_embeddings().weight.shape[0] == rows + 64
 
 
+def refuse(*args, **kwargs):
+    raise AssertionError("a model was loaded before the recipe error was reported")
+
+
+@pytest.mark.parametrize("engine, flag, prepare", [("FSDP", "is_fsdp_enabled", "prepare_fsdp"),
+                                                    ("DeepSpeed", "is_deepspeed_enabled", "prepare_deepspeed")])
+def test_a_sharded_reference_is_not_resized_but_refused(tmp_path, tiny_model_dir, tok, reward_module, monkeypatch,
+                                                        engine, flag, prepare):
+    """Under FSDP or DeepSpeed TRL has wrapped the reference before the resize could run: a clear error instead."""
+    import trl.trainer.grpo_trainer
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, Trainer
+    from trl import GRPOConfig
+
+    from chatalign.train.rewards import import_reward_function
+    from chatalign.train.rl import ChatalignGRPOTrainer
+
+    create = Trainer.create_accelerator_and_postprocess
+
+    def as_if_sharded(self):  # what accelerate launch with an FSDP / DeepSpeed config sets, on one CPU process
+        create(self)
+        setattr(self, flag, True)
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_if_sharded)
+    monkeypatch.setattr(trl.trainer.grpo_trainer, prepare, lambda model, accelerator: model)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy.resize_token_embeddings(policy.get_input_embeddings().weight.shape[0] + 64)
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=2,
+                      num_generations=2, beta=0.1, report_to="none")
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}], "reference": "1"}] * 2)
+    with pytest.raises(ValueError, match=f"TRL's {engine} reference cannot be resized: give the checkpoint a pad "
+                                         "token or use PEFT"):
+        ChatalignGRPOTrainer(model=policy, reward_funcs=[import_reward_function(reward_module)], args=args,
+                             train_dataset=data, processing_class=tok)
+
+
 @pytest.fixture
-def no_model_loading(monkeypatch):
-    """Fails a test whose run reaches model loading: the error under test must come first."""
+def no_policy_loading(monkeypatch):
+    """Fails a test whose run loads the policy: the error under test (found from the tokenizer or the data) must
+    come first."""
     import chatalign.train.models
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the recipe error was reported")
-
     monkeypatch.setattr(chatalign.train.models, "load_model", refuse)
+
+
+@pytest.fixture
+def no_model_loading(no_policy_loading, monkeypatch):
+    """Fails a test whose run reaches model or tokenizer loading: the error under test must come first."""
+    import chatalign.train.models
+
     monkeypatch.setattr(chatalign.train.models, "load_training_tokenizer", refuse)
 
 
 def test_ppo_is_a_clear_error_before_anything_loads(tmp_path, tiny_model_dir, no_model_loading):
     recipe = write_recipe(tmp_path, tiny_model_dir, tmp_path / "ppo", ["function:chatalign.train.rewards:"
                                                                         "gsm8k_correctness"])
-    with pytest.raises(ConfigError, match=r"rl_algorithm ppo: TRL 1\.16\.\d+ ships no PPO trainer"):
-        load_script("run_rl").main([recipe, "--rl_algorithm", "ppo"])
+    for argv in ([recipe, "--rl_algorithm", "ppo"], [write_recipe(tmp_path, tiny_model_dir, tmp_path / "ppo", [
+            "function:chatalign.train.rewards:gsm8k_correctness"], rl_algorithm="ppo")]):
+        with pytest.raises(ConfigError, match=r"rl_algorithm ppo is experimental and unsupported with the installed "
+                                              r"TRL 1\.16\.\d+ .*use rl_algorithm grpo or rloo"):
+            load_script("run_rl").main(argv)
     assert not (tmp_path / "ppo").exists()
 
 
@@ -198,11 +252,18 @@ def test_requested_algorithm_reads_the_command_line_then_the_files(tmp_path):
     assert requested_algorithm([str(blocks), "--configs", "base"]) == "grpo"
 
 
-def test_generation_backend_resolves_to_the_in_process_one_without_vllm(tmp_path):
+def grpo_args(tmp_path, **kwargs):
     from trl import GRPOConfig
 
-    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=2,
-                      num_generations=2)
+    return GRPOConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=2, num_generations=2,
+                      **kwargs)
+
+
+def test_generation_backend_resolves_to_the_in_process_one_without_vllm(tmp_path, monkeypatch):
+    import chatalign.train.rl
+
+    monkeypatch.setattr(chatalign.train.rl, "vllm_usable", lambda: (False, "vllm is not installed"))
+    args = grpo_args(tmp_path)
     assert resolve_generation_backend(RLScriptArguments(), args).startswith("transformers (in process); vLLM not")
     assert args.use_vllm is False
     args.use_vllm = True
@@ -210,6 +271,20 @@ def test_generation_backend_resolves_to_the_in_process_one_without_vllm(tmp_path
         resolve_generation_backend(RLScriptArguments(generation_backend="transformers"), args)
     with pytest.raises(ConfigError, match="vllm is not installed"):
         resolve_generation_backend(RLScriptArguments(), args)
+
+
+def test_use_cpu_rules_out_vllm_even_where_it_is_usable(tmp_path, monkeypatch):
+    import chatalign.train.rl
+
+    monkeypatch.setattr(chatalign.train.rl, "vllm_usable", lambda: (True, "vllm installed with a CUDA GPU"))
+    on_gpu = grpo_args(tmp_path)
+    assert resolve_generation_backend(RLScriptArguments(), on_gpu) == "vllm (colocate)" and on_gpu.use_vllm
+    on_cpu = grpo_args(tmp_path, use_cpu=True)
+    assert resolve_generation_backend(RLScriptArguments(), on_cpu) == ("transformers (in process); vLLM not used: "
+                                                                       "use_cpu is set")
+    assert on_cpu.use_vllm is False
+    with pytest.raises(ConfigError, match="generation_backend vllm.* but use_cpu is set"):
+        resolve_generation_backend(RLScriptArguments(generation_backend="vllm"), on_cpu)
 
 
 def test_system_prompt_goes_first_unless_one_is_given():
@@ -237,6 +312,95 @@ def test_drop_long_prompts_counts_what_it_drops(tok):
     assert drop_long_prompts(rows, tok, None)[1] == {"kept": 3}
     with pytest.raises(ValueError, match="no train prompt fits max_prompt_length=1"):
         drop_long_prompts(rows, tok, 1)
+
+
+def test_reward_columns_reach_the_reward_functions_by_name(tmp_path, tiny_model_dir, reward_module, request):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say the number {i}.", "answer": str(i)}) + "\n"
+                               for i in range(4)))
+    out = tmp_path / "columns"
+    recipe = write_recipe(tmp_path, tiny_model_dir, out, ["function:rl_test_rewards:answer_value"],
+                          dataset_mixer={str(prompts): 1.0}, reward_columns=["answer"], max_steps=2,
+                          save_strategy="no", sampled_completions=4)
+    trainer = load_script("run_rl").main([recipe])
+    # Two steps of two prompts each are one epoch over the four rows: each row's answer counted once.
+    means = [h["rewards/answer_value/mean"] for h in logged_steps(trainer)]
+    assert len(means) == 2 and sum(means) / 2 == pytest.approx(1.5)
+    rows = [json.loads(line) for line in (out / "sampled_completions.jsonl").read_text().splitlines()]
+    assert {row["prompt"][-1]["content"] for row in rows} == {f"Say the number {i}." for i in range(4)}
+    for row in rows:  # each completion got its own row's answer: the number its prompt names
+        assert row["rewards"]["answer_value"] == float(row["prompt"][-1]["content"].split()[-1].rstrip("."))
+
+    request.getfixturevalue("no_policy_loading")  # from here on, the errors come before the policy loads
+    missing = write_recipe(tmp_path, tiny_model_dir, tmp_path / "missing", [f"function:{reward_module}"],
+                           reward_columns=["answer"])
+    with pytest.raises(ValueError, match=r"dataset '.*gsm8k_test_outputs\.jsonl'.*missing column answer named by "
+                                         r"the recipe"):
+        load_script("run_rl").main([missing])
+    with pytest.raises(ValueError, match="reward_columns: reference reach the rewards already"):
+        RLScriptArguments(reward_columns=["reference", "answer"])
+
+
+def test_grpo_with_lora_trains_and_saves_an_adapter(tmp_path, tiny_model_dir, reward_module):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    out = tmp_path / "lora"
+    recipe = write_recipe(tmp_path, tiny_model_dir, out, [f"function:{reward_module}"], use_peft=True, lora_r=4,
+                          lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], max_steps=2, save_strategy="no")
+    trainer = load_script("run_rl").main([recipe])
+    assert isinstance(trainer.model, PeftModel) and trainer.ref_model is None  # the reference: adapter disabled
+    steps = logged_steps(trainer)
+    assert [h["step"] for h in steps] == [1, 2]
+    assert all(math.isfinite(h["rewards/reference_length/mean"]) and math.isfinite(h["kl"]) for h in steps)
+    assert (out / "adapter_config.json").is_file()
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert lora_b and all("q_proj" in k or "v_proj" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for v in lora_b.values())  # LoRA B starts at zero: training moved it
+
+
+def test_vllm_refuses_a_tokenizer_grown_past_the_checkpoint_before_the_model_loads(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch, no_policy_loading):
+    import chatalign.train.rl
+
+    monkeypatch.setattr(chatalign.train.rl, "vllm_usable", lambda: (True, "vllm installed with a CUDA GPU"))
+    recipe = write_recipe(tmp_path, tiny_model_dir, tmp_path / "vllm", ["function:chatalign.train.rewards:"
+                                                                         "gsm8k_correctness"],
+                          use_cpu=False, generation_backend="vllm", special_tokens={"pad_token": "<|newpad|>"})
+    with pytest.raises(ConfigError, match=r"the tokenizer has \d+ tokens but checkpoint .* has vocab_size \d+ "
+                                          r"\(tokens beyond it: <\|newpad\|>\); vLLM loads the original checkpoint"):
+        load_script("run_rl").main([recipe])
+
+
+def test_judge_cache_files_are_the_named_file_and_its_rank_siblings_only(tmp_path):
+    for name in ("cache.jsonl", "cache.rank0.jsonl", "cache.rank1.jsonl", "cache_other_run.jsonl",
+                 "cache.rank1.old.jsonl", "cache2.jsonl", "other.jsonl"):
+        (tmp_path / name).write_text("")
+    own, read = judge_cache_files(tmp_path / "cache.jsonl")
+    assert own == tmp_path / "cache.jsonl"
+    assert [p.name for p in read] == ["cache.jsonl", "cache.rank0.jsonl", "cache.rank1.jsonl"]
+    own, read = judge_cache_files(tmp_path / "cache.jsonl", world_size=3, process_index=2)
+    assert own == tmp_path / "cache.rank2.jsonl"  # not written yet, read (empty) all the same
+    assert [p.name for p in read] == ["cache.jsonl", "cache.rank0.jsonl", "cache.rank1.jsonl", "cache.rank2.jsonl"]
+    (tmp_path / "my.judgments.rank0.jsonl").write_text("")
+    _, read = judge_cache_files(tmp_path / "my.judgments.jsonl", world_size=2, process_index=1)
+    assert [p.name for p in read] == ["my.judgments.jsonl", "my.judgments.rank0.jsonl", "my.judgments.rank1.jsonl"]
+
+
+def test_prune_sampled_completions_keeps_the_steps_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "sampled_completions.jsonl"
+    rows = [{"step": step, "completion": f"c{step}{i}"} for step in (1, 2, 3) for i in range(2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "compl')  # cut off by a crash
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    assert prune_sampled_completions(tmp_path, str(tmp_path / "checkpoint-2")) == 3
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:4]
+    assert prune_sampled_completions(tmp_path, str(tmp_path / "checkpoint-2")) == 0
+    assert prune_sampled_completions(tmp_path, None) == 4 and path.read_text() == ""  # a fresh start: none kept
+    superseded = (tmp_path / "sampled_completions.superseded.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in superseded[:2] + superseded[3:]] == rows[4:] + rows[:4]  # moved, not lost
+    assert superseded[2] == '{"step": 3, "compl'
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 A second run with the same rows, tokenizer, chat template and settings loads the prepared rows from
 ``<cache_dir | $CHATALIGN_CACHE | ~/.cache/chatalign>/<kind>/<key>/`` (Arrow, memory-mapped) instead of rendering
 them again, and says so. The key hashes the rows' Arrow bytes (fast: no row goes through Python), the tokenizer's
-full serialisation, its chat template and special tokens, the settings, and `PREPARATION_VERSION` (raised whenever
-the preparation code changes what it writes). datasets' own map cache is no help here: a mixture is built in memory,
+full serialisation, its chat template and special tokens, the settings, the versions of chatalign, transformers and
+tokenizers, and `PREPARATION_VERSION` (raised whenever the preparation code changes what it writes). datasets' own map cache is no help here: a mixture is built in memory,
 so it has no cache files and a fresh fingerprint every run.
 """
 
@@ -42,12 +42,24 @@ def rows_hash(dataset, columns: Sequence[str]) -> str:
     return hashlib.sha256(memoryview(sink.getvalue())).hexdigest()
 
 
+def library_versions() -> dict[str, str]:
+    """The code a prepared row depends on besides chatalign's own: transformers renders the template and computes
+    the assistant mask, tokenizers encodes. An upgrade of either prepares the rows again."""
+    import tokenizers
+    import transformers
+
+    import chatalign
+
+    return {"chatalign": chatalign.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__}
+
+
 def preparation_key(kind: str, dataset, columns: Sequence[str], tokenizer, settings: dict) -> str:
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(
         tokenizer.chat_template, sort_keys=True)
-    return content_hash({"kind": kind, "version": PREPARATION_VERSION, "rows": rows_hash(dataset, columns),
-                         "tokenizer": tokenizer_fingerprint(tokenizer), "chat_template": template or "",
-                         "settings": settings})[:32]
+    return content_hash({"kind": kind, "version": PREPARATION_VERSION, "libraries": library_versions(),
+                         "rows": rows_hash(dataset, columns), "tokenizer": tokenizer_fingerprint(tokenizer),
+                         "chat_template": template or "", "settings": settings})[:32]
 
 
 def cached_preparation(kind: str, dataset, columns: Sequence[str], tokenizer, settings: dict,

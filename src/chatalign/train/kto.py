@@ -24,6 +24,7 @@ import torch
 from trl import KTOTrainer
 
 from chatalign.store import prompt_id, seeded_rng
+from chatalign.train.chunked_logps import fit_fused_head_tiles
 from chatalign.train.padding_free import (
     FlatForward,
     PaddingFreeUnpairedCollator,
@@ -253,6 +254,8 @@ class ChatalignKTOTrainer(KTOTrainer):
         self.padding_free = padding_free
         if padding_free and self._is_vision_dataset:
             raise ValueError("padding_free=True is not supported for vision datasets")
+        # load_model fits them too; a trainer given a model loaded elsewhere must not run TRL's GPU-sized tiles on CPU.
+        fit_fused_head_tiles(self.args.device)
 
     # -- padding-free: the forwards on the flattened rows, TRL's loss on the padded layout ---------------------------
 

@@ -216,6 +216,7 @@ def build_rewards(specs: Sequence[RewardSpec], judge_args=None, cache_path: str 
 # Verifiable rewards: GSM8K answer correctness
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_GSM8K_ANSWER = re.compile(r"####\s*([^\n]*)")
 
 
 def last_boxed(text: str) -> str | None:
@@ -245,6 +246,24 @@ def extract_final_answer(text: str) -> str | None:
     return numbers[-1].rstrip(".") if numbers else None
 
 
+def reference_answer(reference: str) -> str:
+    """The gold answer of a reference: the last \\boxed{...}; else GSM8K's final `#### N` line; else, for a reference
+    that is prose (a full reasoning reply, as sft rows give), its last number; else the reference itself, already a
+    bare answer (a one-token gold such as 5,600 or \\frac{1}{2}, whose last number would be a fragment of it)."""
+    boxed = last_boxed(reference)
+    if boxed is not None:
+        return boxed
+    marked = _GSM8K_ANSWER.findall(reference)
+    if marked and marked[-1].strip():
+        return marked[-1].strip().rstrip(".")
+    bare = reference.strip()
+    if len(bare.split()) > 1:
+        numbers = _NUMBER.findall(bare)
+        if numbers:
+            return numbers[-1].rstrip(".")
+    return bare
+
+
 def _plain(answer: str) -> str:
     return answer.replace("\\$", "").replace("$", "").replace("\\!", "").replace("\\%", "").replace("%", "").strip()
 
@@ -254,8 +273,7 @@ def answer_is_correct(prediction: str | None, reference: str) -> bool:
     ('18 \\text{ dollars}') is compared by that number."""
     if prediction is None:
         return False
-    gold = extract_final_answer(reference) if last_boxed(reference) is not None else reference
-    prediction, gold = _plain(prediction), _plain(gold)
+    prediction, gold = _plain(prediction), _plain(reference_answer(reference))
     if answers_match(prediction, gold):
         return True
     numbers = _NUMBER.findall(prediction)
@@ -263,8 +281,9 @@ def answer_is_correct(prediction: str | None, reference: str) -> bool:
 
 
 def gsm8k_correctness(prompts, completions, reference=None, **kwargs) -> list[float | None]:
-    """1.0 where the completion's final answer (last \\boxed{...}, else last number) matches the row's `reference`
-    (the gold answer, or a reference solution whose last \\boxed{} holds it), else 0.0; None for a row without one."""
+    """1.0 where the completion's final answer (last \\boxed{...}, else last number) matches the answer of the row's
+    `reference` (reference_answer: the gold answer itself, or a reference solution ending in \\boxed{} or GSM8K's
+    `#### N`, or its last number), else 0.0; None for a row without one."""
     if reference is None:
         raise ValueError("gsm8k_correctness needs the gold answer in a 'reference' column of the prompt rows (the "
                          "ToRA GSM8K rows give their 'gt'; sft rows their last assistant turn)")

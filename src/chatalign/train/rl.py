@@ -3,8 +3,9 @@ before anything loads, and the thin trainer subclasses (sampled completions to a
 embedding rows).
 
 `rl_algorithm` picks the trainer: grpo (GRPOTrainer, group-normalised advantages) or rloo (RLOOTrainer, leave-one-out
-baseline), both TRL 1.16's own, unchanged; ppo only where the installed TRL ships a PPO trainer (experimental; TRL
-1.16 has none, and asking for it is an error before anything loads). TRL logs per reward `rewards/<name>/mean` and
+baseline), both TRL 1.16's own, unchanged. ppo is not supported: TRL 1.16 ships no PPO trainer, and the ones older
+TRLs shipped took a value model and a reward model, never reward functions; asking for it is an error before anything
+loads. TRL logs per reward `rewards/<name>/mean` and
 `/std`, the weighted `reward` and `reward_std`, `kl` (with beta > 0, against the frozen reference) and
 `completions/mean_length`; chatalign adds a few sampled completions per logging step to
 <output_dir>/sampled_completions.jsonl.
@@ -12,10 +13,11 @@ baseline), both TRL 1.16's own, unchanged; ppo only where the installed TRL ship
 
 from __future__ import annotations
 
-import importlib
+import glob
 import importlib.util
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +30,11 @@ from chatalign.train.run import RunArguments
 
 logger = logging.getLogger(__name__)
 
-RL_ALGORITHMS = ("grpo", "rloo", "ppo")
+RL_ALGORITHMS = ("grpo", "rloo")
 SAMPLED_COMPLETIONS_FILE = "sampled_completions.jsonl"
+SUPERSEDED_COMPLETIONS_FILE = "sampled_completions.superseded.jsonl"  # rows of steps a resumed run trains again
+# Columns of the prompt schema (required and optional): they reach the reward functions without reward_columns.
+PROMPT_COLUMNS = ("prompt", "prompt_id", "reference", "source")
 # Keys that make a checkpoint another run's, beyond chatalign.train.run.RUN_IDENTITY.
 RL_IDENTITY = ("rl_algorithm", "rewards", "reward_weights")
 
@@ -39,16 +44,22 @@ class RLScriptArguments(RunArguments):
     """Recipe keys of run_rl beyond TRL's GRPOConfig / RLOOConfig (which hold num_generations, beta, temperature,
     max_completion_length, use_vllm, vllm_mode, reward_weights, log_completions, ...)."""
 
-    rl_algorithm: Literal["grpo", "rloo", "ppo"] = field(
+    rl_algorithm: Literal["grpo", "rloo"] = field(
         default="grpo",
-        metadata={"help": "grpo: TRL's GRPOTrainer; rloo: TRL's RLOOTrainer; ppo: experimental, only where the "
-                          "installed TRL ships a PPO trainer (TRL 1.16 has none: an error)."},
+        metadata={"help": "grpo: TRL's GRPOTrainer; rloo: TRL's RLOOTrainer. (ppo is unsupported: TRL 1.16 ships no "
+                          "PPO trainer; asking for it is an error before anything loads.)"},
     )
     rewards: list[Any] | None = field(
         default=None,
         metadata={"help": "The rewards, combined with weights: entries {kind, spec, weight, name} or '<kind>:<spec>' "
                           "strings; kinds function (module:function), reward_model (a sequence-classification "
                           "checkpoint), judge (a judge spec, default llm:<model>@<url>, rating 1-10, cached)."},
+    )
+    reward_columns: list[str] | None = field(
+        default=None,
+        metadata={"help": "Raw columns of the prompt sources passed through to every reward function by name (e.g. "
+                          "[answer]); every source must have them (a missing one is an error naming the source). "
+                          "prompt, reference, prompt_id and source always reach the rewards."},
     )
     generation_backend: Literal["auto", "vllm", "transformers"] = field(
         default="auto",
@@ -81,6 +92,12 @@ class RLScriptArguments(RunArguments):
             raise ValueError(f"max_prompt_length must be a positive token count, got {self.max_prompt_length}")
         if self.sampled_completions < 0:
             raise ValueError(f"sampled_completions must be 0 or more, got {self.sampled_completions}")
+        # The prompt schema keeps these itself; named again, the mixer would demand them in the raw source too (the
+        # ToRA rows have gt, not reference).
+        given = sorted(set(self.reward_columns or []) & set(PROMPT_COLUMNS))
+        if given:
+            raise ValueError(f"reward_columns: {', '.join(given)} reach the rewards already (the prompt schema's "
+                             f"{', '.join(PROMPT_COLUMNS)}); name only other columns")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -105,20 +122,8 @@ def requested_algorithm(argv: list[str]) -> str:
     return algorithm
 
 
-def ppo_classes():
-    """(PPOConfig, PPOTrainer) of the installed TRL, or None: TRL 1.16 removed PPO (trl and trl.experimental)."""
-    for module_name in ("trl", "trl.experimental.ppo"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        if hasattr(module, "PPOTrainer") and hasattr(module, "PPOConfig"):
-            return module.PPOConfig, module.PPOTrainer
-    return None
-
-
 def trainer_classes(algorithm: str):
-    """(config class, chatalign trainer class) for rl_algorithm; a clear error for one TRL does not ship."""
+    """(config class, chatalign trainer class) for rl_algorithm; ppo, or any other name, a clear error."""
     import trl
 
     if algorithm == "grpo":
@@ -126,13 +131,11 @@ def trainer_classes(algorithm: str):
     if algorithm == "rloo":
         return trl.RLOOConfig, ChatalignRLOOTrainer
     if algorithm == "ppo":
-        found = ppo_classes()
-        if found is None:
-            raise ConfigError(f"rl_algorithm ppo: TRL {trl.__version__} ships no PPO trainer (neither trl.PPOTrainer "
-                              "nor trl.experimental.ppo); use rl_algorithm grpo or rloo")
-        logger.warning("rl_algorithm ppo is experimental: TRL's %s is used as found, untested by chatalign",
-                       found[1].__name__)
-        return found[0], type("ChatalignPPOTrainer", (RLTrainerMixin, found[1]), {})
+        # Older TRLs' PPOTrainer took a value model and one reward model, never TRL reward functions and weights;
+        # TRL 1.16 ships none at all (neither trl nor trl.experimental), so nothing here could drive it.
+        raise ConfigError(f"rl_algorithm ppo is experimental and unsupported with the installed TRL "
+                          f"{trl.__version__} (it ships no PPO trainer that takes reward functions); use rl_algorithm "
+                          "grpo or rloo")
     raise ConfigError(f"rl_algorithm '{algorithm}': one of {', '.join(RL_ALGORITHMS)}")
 
 
@@ -152,8 +155,9 @@ def vllm_usable() -> tuple[bool, str]:
 
 
 def resolve_generation_backend(script_args: RLScriptArguments, training_args) -> str:
-    """Sets training_args.use_vllm from generation_backend (auto: vLLM where usable); returns the backend's name."""
-    usable, why = vllm_usable()
+    """Sets training_args.use_vllm from generation_backend (auto: vLLM where usable); returns the backend's name.
+    use_cpu rules vLLM out even with a GPU: TRL's vLLM engine would put generation on the GPU of a CPU run."""
+    usable, why = (False, "use_cpu is set") if training_args.use_cpu else vllm_usable()
     backend = script_args.generation_backend
     if backend == "transformers" and training_args.use_vllm:
         raise ConfigError("generation_backend transformers contradicts use_vllm: true; drop one of them")
@@ -165,6 +169,25 @@ def resolve_generation_backend(script_args: RLScriptArguments, training_args) ->
     if training_args.use_vllm:
         return f"vllm ({training_args.vllm_mode})"
     return "transformers (in process)" + ("" if backend != "auto" else f"; vLLM not used: {why}")
+
+
+def check_vllm_vocabulary(tokenizer, model_args, trust_remote_code: bool = False) -> None:
+    """With vLLM generating, a tokenizer that outgrew the checkpoint's vocabulary (a pad or special token added, for
+    which load_model grows the embeddings) is an error before the model loads: vLLM loads the original checkpoint, so
+    the grown embedding rows could not be synced into it."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                        trust_remote_code=trust_remote_code)
+    vocab_size = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        added = [token for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+                 if index >= vocab_size]
+        raise ConfigError(f"generation with vLLM: the tokenizer has {len(tokenizer)} tokens but checkpoint "
+                          f"'{model_args.model_name_or_path}' has vocab_size {vocab_size} (tokens beyond it: "
+                          f"{', '.join(added[:5])}); vLLM loads the original checkpoint, whose embeddings "
+                          "cannot hold the new rows. Use a checkpoint whose tokenizer has a pad token and the "
+                          "special tokens, or generation_backend transformers")
 
 
 def check_rl_run(script_args: RLScriptArguments, training_args, data_args) -> list[RewardSpec]:
@@ -191,6 +214,58 @@ def check_same_rl_run(output_dir: str | Path, configs, checkpoint: str | None) -
     if diffs:
         raise ConfigError(f"output_dir {output_dir} holds checkpoints of another RL run ({'; '.join(diffs)}): use "
                           "another output_dir, or overwrite_output_dir: true without resume_from_checkpoint")
+
+
+def judge_cache_files(cache_file: str | Path, world_size: int = 1, process_index: int = 0) -> tuple[Path, list[Path]]:
+    """(the file this process appends judgments to, the files it reads them from). With several processes each writes
+    `<stem>.rank<i>.jsonl` (one writer per file) and reads the others'; the files read are exactly `cache_file` and
+    its `<stem>.rank<i>.jsonl` siblings, never another cache that merely shares the prefix (cache_other_run.jsonl)."""
+    base = Path(cache_file)
+    own = base.with_suffix(f".rank{process_index}.jsonl") if world_size > 1 else base
+    sibling = re.compile(re.escape(base.stem) + r"\.rank\d+\.jsonl")
+    ranks = [p for p in base.parent.glob(f"{glob.escape(base.stem)}.rank*.jsonl") if sibling.fullmatch(p.name)]
+    return own, sorted({base, own, *ranks})
+
+
+def prune_sampled_completions(output_dir: str | Path, checkpoint: str | None) -> int:
+    """Moves the rows of <output_dir>/sampled_completions.jsonl logged after `checkpoint`'s step (after step 0 for a
+    fresh start) to sampled_completions.superseded.jsonl: the run retrains those steps and appends them again, so
+    each step appears once, in order, and nothing logged is lost. Returns how many rows were moved."""
+    path = Path(output_dir) / SAMPLED_COMPLETIONS_FILE
+    if not path.is_file():
+        return 0
+    step = checkpoint_step(checkpoint) if checkpoint is not None else 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept, moved = [], []
+    for line in lines:
+        logged = _logged_step(line)
+        if logged is not None and logged <= step:
+            kept.append(line)
+        else:
+            moved.append(line if line.endswith("\n") else line + "\n")
+    if moved:
+        superseded = path.with_name(SUPERSEDED_COMPLETIONS_FILE)
+        with superseded.open("a", encoding="utf-8") as handle:
+            handle.writelines(moved)
+        path.write_text("".join(kept))
+        logger.warning("%s: %d rows logged after step %d, which this run trains (again), moved to %s", path,
+                       len(moved), step, superseded.name)
+    return len(moved)
+
+
+def _logged_step(line: str) -> int | None:
+    """A sampled-completions row's step; None for a line cut off by a crash mid-write (dropped with the rest)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The global step training resumes after: the checkpoint's trainer_state.json, else 0 (the Trainer, finding no
+    state there, starts counting from 0 too)."""
+    state = Path(checkpoint) / "trainer_state.json"
+    return int(json.loads(state.read_text())["global_step"]) if state.is_file() else 0
 
 
 def with_system_prompt(dataset, system_prompt: str | None):
@@ -240,8 +315,11 @@ class RLTrainerMixin:
             rows = self.accelerator.unwrap_model(self.model).get_input_embeddings().weight.shape[0]
             unwrapped = self.accelerator.unwrap_model(ref)
             if unwrapped.get_input_embeddings().weight.shape[0] != rows:
-                if self.is_deepspeed_enabled:
-                    raise ValueError("the policy's embeddings were resized for a pad token; TRL's DeepSpeed reference "
+                # TRL has already wrapped the reference: DeepSpeed partitions (ZeRO-3) and FSDP shards or flattens its
+                # parameters, so swapping its embedding module now would leave the wrapper holding the old ones.
+                engine = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
+                if engine is not None:
+                    raise ValueError(f"the policy's embeddings were resized for a pad token; TRL's {engine} reference "
                                      "cannot be resized: give the checkpoint a pad token or use PEFT")
                 unwrapped.resize_token_embeddings(rows)
 

@@ -1,6 +1,11 @@
 """Open-Assistant's translation corpora as sft chats: the WMT19 and TED Talks (IWSLT) names of its ``get_one_dataset``
 (``wmt2019_<src>-<tgt>``, ``ted_trans_<src>-<tgt>``), their hub loading, and the ``translation`` row format.
 
+Open-Assistant loads both through the hub's loading scripts, which datasets>=4 no longer runs ("Dataset scripts are
+no longer supported"); its Parquet builders also refuse the TED script's ``language_pair=``/``year=`` kwargs. So
+``wmt2019_`` reads ``wmt/wmt19``, converted to Parquet on its main branch, by config name, and ``ted_trans_`` reads the
+Parquet export of ``IWSLT/ted_talks_iwslt``, which only holds the script's prebuilt configs: two pairs with prompts.
+
 A row of either corpus is ``{"translation": {"de": "...", "en": "..."}}`` (the hub's ``Translation`` feature). It
 becomes one user turn, a prompt template of the target language filled with the source text, and one assistant turn,
 the target text. As in Open-Assistant (``custom_datasets/translation.py``) each row goes one way or the other and gets
@@ -102,16 +107,40 @@ TRANSLATION_PROMPTS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# The hub's wmt19 configs (its _LANGUAGE_PAIRS): each pair ships in one order only.
+# The hub's wmt19 configs (its _LANGUAGE_PAIRS): each pair ships in one order only. wmt/wmt19 (where the canonical
+# "wmt19" moved) was converted to Parquet on main and its loading script deleted: its README lists these configs (data
+# files <pair>/train-*, <pair>/validation-*), so load_dataset(WMT19_HUB_ID, "de-en") works under datasets>=4.
+WMT19_HUB_ID = "wmt/wmt19"
 WMT19_PAIRS = ("cs-en", "de-en", "fi-en", "gu-en", "kk-en", "lt-en", "ru-en", "zh-en", "fr-de")
-# ted_talks_iwslt builds any two of its 109 languages (all twelve above among them) for 2014, 2015 or 2016; the seed
-# reads 2016's release, whose only split is train. Open-Assistant warns its Chinese pairs mix traditional and Cantonese.
+# IWSLT/ted_talks_iwslt's main branch still holds only its loading script (ted_talks_iwslt.py; a Parquet conversion,
+# its PR #4, was never merged), which built any two of 109 languages from language_pair= and year=: datasets>=4 can
+# load none of that. What it can load is the hub's Parquet export (revision refs/convert/parquet): one folder per
+# config the script prebuilt, "{lang1}_{lang2}_{year}" for its _LANGUAGE_PAIRS x 2014, 2015, 2016, each holding
+# train/0000.parquet of {"translation": {lang1: ..., lang2: ...}}. That branch has no README, so its folders are no
+# configs to datasets (only "default", every folder mixed): a pair's folder is read as data_dir. The seed reads 2016's
+# release, whose only split is train (de_ja_2016: 3,590 rows, nl_en_2016: 3,852, per the script's dataset_infos). Of
+# the pairs with prompts for both languages only de-ja and nl-en are there. Read from the hub's file listings (the root
+# of that branch: the 15 folders and .gitattributes), not loaded from the hub: unverified against a live download.
+TED_HUB_ID = "IWSLT/ted_talks_iwslt"
+TED_REVISION = "refs/convert/parquet"
+TED_PAIRS = (("eu", "ca"), ("nl", "en"), ("nl", "hi"), ("de", "ja"), ("fr-ca", "hi"))
+TED_YEARS = ("2014", "2015", "2016")
+TED_CONFIGS = tuple(f"{first}_{second}_{year}" for first, second in TED_PAIRS for year in TED_YEARS)
 TED_YEAR = "2016"
 # The seed stops reading a corpus once it holds more than maximum_size=100000 pairs: its first 100,001 rows.
 SEED_MAXIMUM_ROWS = 100_001
 
-CORPORA = {"wmt2019": "wmt19", "ted_trans": "ted_talks_iwslt"}  # mixer-name prefix -> hub dataset
+CORPORA = {"wmt2019": WMT19_HUB_ID, "ted_trans": TED_HUB_ID}  # mixer-name prefix -> hub dataset
 _NAME = re.compile(r"(wmt2019|ted_trans)_(.*)")
+
+
+def _ted_config(source: str, target: str) -> str | None:
+    """The TED export's folder holding a pair in either order (its Translation struct sorts the languages, and a
+    row's direction follows its texts, so which order the folder names them in changes nothing), None if absent."""
+    for first, second in ((source, target), (target, source)):
+        if (config := f"{first}_{second}_{TED_YEAR}") in TED_CONFIGS:
+            return config
+    return None
 
 
 @dataclass(frozen=True)
@@ -137,18 +166,27 @@ class TranslationCorpus:
             return "validation"
         return None
 
+    @property
+    def hub_config(self) -> str:
+        """The hub config serving the pair: wmt19's "de-en", the TED export's "de_ja_2016" folder."""
+        if self.corpus == "wmt2019":
+            return f"{self.source}-{self.target}"
+        config = _ted_config(self.source, self.target)
+        if config is None:  # translation_corpus makes corpora of shipped pairs only
+            raise ValueError(f"dataset '{self.name}': {TED_HUB_ID} has no {self.source}-{self.target} folder")
+        return config
+
     def load(self, split: str) -> datasets.Dataset:
-        """The split's first SEED_MAXIMUM_ROWS rows from the hub, loaded as Open-Assistant loads them."""
+        """The split's first SEED_MAXIMUM_ROWS rows from the hub: the Parquet data of what Open-Assistant loads through
+        loading scripts, which datasets>=4 no longer runs."""
         hub_split = self.hub_split(split)
         if hub_split is None:
             shipped = "train, validation (served as test)" if self.corpus == "wmt2019" else "train"
             raise MissingSplitError(f"dataset '{self.name}' has no split '{split}' ({self.hub_id} ships {shipped})")
         sliced = f"{hub_split}[:{SEED_MAXIMUM_ROWS}]"
         if self.corpus == "wmt2019":
-            return datasets.load_dataset("wmt19", f"{self.source}-{self.target}", split=sliced)
-        return datasets.load_dataset(
-            "ted_talks_iwslt", language_pair=[self.source, self.target], year=TED_YEAR, split=sliced
-        )
+            return datasets.load_dataset(WMT19_HUB_ID, self.hub_config, split=sliced)
+        return datasets.load_dataset(TED_HUB_ID, revision=TED_REVISION, data_dir=self.hub_config, split=sliced)
 
 
 def translation_corpus(name: str) -> TranslationCorpus | None:
@@ -156,7 +194,8 @@ def translation_corpus(name: str) -> TranslationCorpus | None:
     existing local path of that name, which is read as a file).
 
     An unsupported language or a pair the corpus does not ship is a ValueError naming the entry, raised before
-    anything is loaded. A pair yields both directions, so ``wmt2019_en-de`` is an error pointing to ``wmt2019_de-en``.
+    anything is loaded. A pair yields both directions, so ``wmt2019_en-de`` is an error pointing to ``wmt2019_de-en``;
+    TED, whose script took a pair in either order, serves ``ted_trans_ja-de`` from its de_ja folder as the seed did.
     """
     match = _NAME.fullmatch(name)
     if match is None or Path(name).expanduser().exists():
@@ -181,6 +220,12 @@ def translation_corpus(name: str) -> TranslationCorpus | None:
                 if reverse in WMT19_PAIRS else "")
         raise ValueError(f"dataset '{name}': wmt19 ships no '{pair}' pair{hint} (pairs with prompts for both "
                          f"languages: {', '.join(usable)})")
+    if corpus == "ted_trans" and _ted_config(source, target) is None:
+        usable = [f"{first}-{second}" for first, second in TED_PAIRS
+                  if first in TRANSLATION_PROMPTS and second in TRANSLATION_PROMPTS]
+        raise ValueError(f"dataset '{name}': {TED_HUB_ID} has no '{pair}' pair for {TED_YEAR} (datasets>=4 cannot run "
+                         f"its loading script, which built any pair; its Parquet export holds only the prebuilt "
+                         f"configs, with prompts for both languages: {', '.join(usable)}, either order)")
     return TranslationCorpus(name, corpus, source, target)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from chatalign.train.chunked_logps import fit_fused_head_tiles
 from chatalign.train.dpo.arguments import UNWEIGHTABLE_LOSS_TYPES
 from chatalign.train.dpo.importance import MU_COLUMNS, wis_weight
 from chatalign.train.dpo.reference import REF_COLUMNS
@@ -161,6 +162,8 @@ class ChatalignDPOTrainer(DPOTrainer):
         self.padding_free = padding_free
         if padding_free and self._is_vision_dataset:
             raise ValueError("padding_free=True is not supported for vision datasets")
+        # load_model fits them too; a trainer given a model loaded elsewhere must not run TRL's GPU-sized tiles on CPU.
+        fit_fused_head_tiles(self.args.device)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         trl_prepare = super()._prepare_dataset  # TRL 1.16's reads these two settings of args, and the tokenizer
