@@ -3,6 +3,9 @@
     python scripts/precompute_ref_logprobs.py recipe.yaml --precompute_file_path=ref_logps.parquet \
         --precompute_ref_batch_size=64
     python scripts/run_dpo.py recipe.yaml --precompute_file_path=ref_logps.parquet
+    # no file named: the dependency-keyed cache that run_dpo with precompute_ref_log_probs reads, on every rank
+    python scripts/precompute_ref_logprobs.py recipe.yaml
+    accelerate launch ... scripts/run_dpo.py recipe.yaml --precompute_ref_log_probs=true
 
 Takes the same recipe as run_dpo and sees the same rows (mixture, max_data_size / preference_config selection with
 the same seed, and the test split when evaluation is on). The reference model (`ref_model_name_or_path`, else
@@ -45,20 +48,17 @@ def main(argv=None):
     model_args, data_args, training_args, script_args = parser.parse(argv)
 
     from chatalign.train.dpo.arguments import check_dpo_run
-    from chatalign.train.dpo.reference import ensure_ref_logps, reference_dependencies
+    from chatalign.train.dpo.reference import ensure_ref_logps, ref_cache_path, reference_dependencies
     from chatalign.train.dpo.selection import load_preference_data
     from chatalign.train.models import load_model, load_training_tokenizer, reference_revision
     from chatalign.train.run import setup_logging
 
     # 1. Checks that need no data or model
-    if not script_args.precompute_file_path:
-        raise ConfigError("precompute_file_path is required: the file to write the reference log-probs to")
     if model_args.load_in_4bit or model_args.load_in_8bit:
         raise ConfigError("precompute_ref_logprobs runs the reference through TRL's trainer, which refuses a quantized "
                           "model without an adapter; a QLoRA run keeps its reference online")
     check_dpo_run(model_args, data_args, training_args, script_args)
     setup_logging(training_args)
-    path = Path(script_args.precompute_file_path)
 
     # 2. Tokenizer, the rows run_dpo will train and evaluate on, and what the log-probs depend on
     tokenizer = load_training_tokenizer(model_args, data_args.chat_template, training_args.trust_remote_code,
@@ -68,6 +68,8 @@ def main(argv=None):
                                                                         tokenizer)
     dependencies = reference_dependencies(model_args, training_args, script_args, tokenizer)
     splits = [d for d in (train_dataset, eval_dataset) if d is not None]
+    # No file named: the cache run_dpo reads with precompute_ref_log_probs, in one process or several.
+    path = Path(script_args.precompute_file_path or ref_cache_path(dependencies, script_args.ref_logps_cache_dir))
 
     # 3. TRL's reference pass over the pairs the file lacks (the reference model loads only if some pair is missing),
     # saved chunk by chunk

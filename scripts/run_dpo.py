@@ -25,7 +25,8 @@ Variants (recipe keys, see chatalign.train.dpo):
                         file that does not match this run (rows, model, tokenizer, template, max_length) is an error
   precompute_ref_log_probs  with no file named: the reference log-probs are cached under ref_logps_cache_dir
                         ($CHATALIGN_CACHE, ~/.cache/chatalign) keyed by a hash of what they depend on; a later run
-                        with the same reference reuses them (and says so) and computes only the pairs it lacks
+                        with the same reference reuses them (and says so) and computes only the pairs it lacks; a
+                        multi-process run reads a cache holding every pair, else runs TRL's sharded in-run pass
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def main(argv=None):
     configs = copy.deepcopy((model_args, data_args, training_args, script_args))
     keep_secrets_out_of_files(training_args)  # never pickled into training_args.bin
 
-    from chatalign.train.dpo.arguments import check_dpo_run, reference_model_path, use_ref_cache
+    from chatalign.train.dpo.arguments import check_dpo_run, ref_cache_mode, reference_model_path
     from chatalign.train.dpo.reference import (
         attach_ref_logps,
+        complete_ref_cache,
         ensure_ref_logps,
         open_ref_logps_file,
         ref_cache_path,
@@ -100,11 +102,20 @@ def main(argv=None):
                                                                         tokenizer)
         train_dataset = with_prompt_ids(train_dataset, "preference")  # for train_data_ids.csv
         dependencies = reference_dependencies(model_args, training_args, script_args, tokenizer)
-        if use_ref_cache(model_args, training_args, script_args):
+        splits = [d for d in (train_dataset, eval_dataset) if d is not None]
+        cache_mode = ref_cache_mode(model_args, training_args, script_args)
+        if cache_mode == "read":  # several processes: a complete cache, else TRL's pass sharded over the ranks
+            cached = complete_ref_cache(dependencies, splits, script_args.ref_logps_cache_dir)
+            if cached is not None:
+                script_args.precompute_file_path = str(cached)
+            else:
+                logger.info("no reference log-probs cache holds all %d pairs: TRL's in-run pass over %d processes "
+                            "(precompute_ref_logprobs.py with this recipe writes the cache for later runs)",
+                            sum(len(d) for d in splits), training_args.world_size)
+        if cache_mode == "compute":
             # No file named: the reference log-probs live in a cache keyed by their dependencies, found by every
             # later run with the same reference; only pairs it lacks are computed (the reference loads only then).
             script_args.precompute_file_path = str(ref_cache_path(dependencies, script_args.ref_logps_cache_dir))
-            splits = [d for d in (train_dataset, eval_dataset) if d is not None]
             _, computed = ensure_ref_logps(script_args.precompute_file_path, dependencies, splits, tokenizer,
                                            training_args, lambda: load_model(
                                                model_args, training_args, tokenizer, ref_name, ref_revision))

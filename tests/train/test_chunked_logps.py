@@ -123,8 +123,9 @@ def test_loading_a_model_for_training_fits_the_tiles(tiny_model_dir, tmp_path, t
     assert fused_head_tiles() == TORCH_OPS_TILES
 
 
-def test_a_dpo_or_kto_trainer_given_any_model_fits_the_tiles(tiny_model_dir, tmp_path, trl_tiles):
-    """The benchmarks (and users) build trainers from a model they loaded themselves, not through load_model."""
+def test_a_dpo_or_kto_trainer_given_any_model_fits_the_tiles(tiny_model_dir, tmp_path, trl_tiles, monkeypatch):
+    """The benchmarks (and users) build trainers from a model they loaded themselves, not through load_model; TRL's
+    precompute_ref_log_probs pass, which runs inside the trainer's construction, already gets the fitted tiles."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOConfig, KTOConfig
@@ -133,12 +134,44 @@ def test_a_dpo_or_kto_trainer_given_any_model_fits_the_tiles(tiny_model_dir, tmp
     from chatalign.train.kto import ChatalignKTOTrainer
     from tests.helpers.preference import preference_rows, unpaired_rows
 
+    tiles_seen = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def recording_apply(*args):
+        tiles_seen.append(fused_head_tiles())
+        return apply(*args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", recording_apply)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for trainer_class, config_class, rows in ((ChatalignDPOTrainer, DPOConfig, preference_rows),
                                               (ChatalignKTOTrainer, KTOConfig, unpaired_rows)):
         kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = TRL_TILES
+        tiles_seen.clear()
         config = config_class(output_dir=str(tmp_path / config_class.__name__), use_cpu=True, report_to="none",
-                              max_length=64)
+                              max_length=64, precompute_ref_log_probs=True, per_device_train_batch_size=2)
         trainer_class(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=config,
                       processing_class=tokenizer, train_dataset=Dataset.from_list(rows(4)))
+        assert tiles_seen and set(tiles_seen) == {TORCH_OPS_TILES}, trainer_class.__name__  # the precompute pass
         assert fused_head_tiles() == TORCH_OPS_TILES, trainer_class.__name__
+
+
+def test_the_reference_pass_of_precompute_fits_the_tiles(tiny_model_dir, tmp_path, trl_tiles, monkeypatch):
+    """chatalign.train.dpo.reference.compute_ref_logps (precompute_ref_logprobs.py, the run_dpo cache) runs TRL's
+    stock DPOTrainer on the reference: it fits the tiles itself."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig
+
+    from chatalign.train.dpo.reference import RefLogps, compute_ref_logps
+    from tests.helpers.preference import preference_rows
+
+    tiles_seen = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda *args: tiles_seen.append(fused_head_tiles()) or apply(*args))
+    args = DPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", max_length=64)
+    data = compute_ref_logps(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                             AutoTokenizer.from_pretrained(tiny_model_dir), args,
+                             [Dataset.from_list(preference_rows(4))], tmp_path / "ref.parquet", RefLogps({}, set(), {}),
+                             {"x": 1})
+    assert len(data.logps) == 4 and tiles_seen and set(tiles_seen) == {TORCH_OPS_TILES}

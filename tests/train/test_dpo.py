@@ -761,6 +761,52 @@ def test_wis_trainer_multiplies_each_pairs_loss_by_its_weight(models, tmp_path):
         trainer.compute_loss(policy, trainer.data_collator(rows))
 
 
+def test_several_processes_read_the_reference_cache_that_precompute_wrote(precompute, tiny_model_dir, pref_file,
+                                                                            tmp_path):
+    """precompute_ref_logprobs.py with no file named fills the cache run_dpo reads; a 2-process run_dpo (one rank
+    alone cannot run a ZeRO-3 reference, so several processes only read) finds it complete and loads no reference."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cache = tmp_path / "cache"
+    common = dict(max_data_size=8, ref_logps_cache_dir=cache, max_steps=1)
+    precompute.main(cli(tiny_model_dir, pref_file, tmp_path / "pre", precompute_ref_batch_size=8, **common))
+    (cached,) = (cache / "ref_logps").glob("*.parquet")
+    assert len(read_ref_logps_file(cached)) == 8
+    argv = cli(tiny_model_dir, pref_file, tmp_path / "dpo", precompute_ref_log_probs="true", ddp_backend="gloo",
+               **common)
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537",
+                           str(REPO / "scripts" / "run_dpo.py"), *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reference log-probs from {cached} (8 pairs): no reference model is loaded" in proc.stdout
+    assert "TRL's in-run pass" not in proc.stdout
+    state = json.loads((tmp_path / "dpo" / "trainer_state.json").read_text())
+    assert (state["global_step"], state["epoch"]) == (1, 0.5)  # 2 processes x 2 pairs of 8: half an epoch per step
+
+
+def test_a_reference_cache_is_complete_only_with_every_pair(precomputed, tmp_path):
+    from chatalign.train.dpo.reference import complete_ref_cache, ref_cache_path
+
+    path, _ = precomputed
+    data = read_ref_logps_file(path)
+    dependencies = data.meta["dependencies"]
+    assert complete_ref_cache(dependencies, [], tmp_path) is None  # no file
+    target = ref_cache_path(dependencies, tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(path.read_bytes())
+    pairs = Dataset.from_list(preference_rows(12, scores=False))
+    known = pairs.filter(lambda r: pair_id(r["prompt"], r["chosen"], r["rejected"]) in data.logps)
+    assert 0 < len(known) < len(pairs)
+    assert complete_ref_cache(dependencies, [known], tmp_path) == target
+    assert complete_ref_cache(dependencies, [pairs], tmp_path) is None  # some pair missing: TRL's pass instead
+
+
 def test_reference_logps_are_cached_by_their_dependencies_and_reused(run_dpo, precomputed, tmp_path, monkeypatch,
                                                                       caplog):
     """precompute_ref_log_probs with no file named: the first run computes the reference log-probs into a cache keyed

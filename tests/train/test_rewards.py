@@ -74,6 +74,11 @@ def test_gsm8k_correctness_reads_the_answer_of_a_full_reference_reply():
     assert reference_answer(GSM8K_REPLY) == "26" and reference_answer(BOXED_REPLY) == "26"
     assert reference_answer("It makes 5,600 dollars.") == "5,600"  # prose without a marker: its last number
     assert reference_answer("\\frac{1}{2}") == "\\frac{1}{2}" and reference_answer(" 18 ") == "18"  # bare answers
+    # Bare answers with spaces are kept whole (their last number is a fragment); units after #### are dropped.
+    assert [reference_answer(r) for r in ("(2, 3)", "[1, 4]", "3 \\sqrt{2}", "#### 18 dollars", "#### 1,000")] == [
+        "(2, 3)", "[1, 4]", "3 \\sqrt{2}", "18", "1,000"]
+    assert gsm8k_correctness([PROMPT] * 3, ["\\boxed{3}", "\\boxed{18}", "\\boxed{1000}"],
+                             reference=["(2, 3)", "#### 18 dollars", "#### 1,000"]) == [0.0, 1.0, 1.0]
     completions = ["13 * 2 = 26, so \\boxed{26}.", "The answer is 26", "\\boxed{13}", "#### 16"]
     for reference in (GSM8K_REPLY, BOXED_REPLY):
         assert gsm8k_correctness([PROMPT] * 4, completions, reference=[reference] * 4) == [1.0, 1.0, 0.0, 0.0]

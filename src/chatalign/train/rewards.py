@@ -217,6 +217,9 @@ def build_rewards(specs: Sequence[RewardSpec], judge_args=None, cache_path: str 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _GSM8K_ANSWER = re.compile(r"####\s*([^\n]*)")
+# A word of prose (three letters or more, not a LaTeX command such as \sqrt): what tells a reasoning reply from a
+# bare answer like (2, 3) or 3 \sqrt{2}.
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 
 
 def last_boxed(text: str) -> str | None:
@@ -247,20 +250,22 @@ def extract_final_answer(text: str) -> str | None:
 
 
 def reference_answer(reference: str) -> str:
-    """The gold answer of a reference: the last \\boxed{...}; else GSM8K's final `#### N` line; else, for a reference
-    that is prose (a full reasoning reply, as sft rows give), its last number; else the reference itself, already a
-    bare answer (a one-token gold such as 5,600 or \\frac{1}{2}, whose last number would be a fragment of it)."""
+    """The gold answer of a reference: the last \\boxed{...}; else GSM8K's final `#### N` line (its number, where
+    units follow it); else, for a reference that is prose (a full reasoning reply, as sft rows give), its last
+    number; else the reference itself, already a bare answer: 5,600, \\frac{1}{2}, (2, 3) or 3 \\sqrt{2}, whose last
+    number would be a fragment of it."""
     boxed = last_boxed(reference)
     if boxed is not None:
         return boxed
     marked = _GSM8K_ANSWER.findall(reference)
     if marked and marked[-1].strip():
-        return marked[-1].strip().rstrip(".")
+        answer = marked[-1].strip().rstrip(".")
+        numbers = _NUMBER.findall(answer)
+        return numbers[0].rstrip(".") if numbers and _PROSE_WORD.search(answer) else answer
     bare = reference.strip()
-    if len(bare.split()) > 1:
-        numbers = _NUMBER.findall(bare)
-        if numbers:
-            return numbers[-1].rstrip(".")
+    numbers = _NUMBER.findall(bare)
+    if numbers and _PROSE_WORD.search(bare):
+        return numbers[-1].rstrip(".")
     return bare
 
 

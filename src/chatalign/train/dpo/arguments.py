@@ -80,14 +80,17 @@ class DPOScriptArguments(PreparedDataArguments):
         default=None,
         metadata={
             "help": "With precompute_ref_log_probs and no precompute_file_path: where reference log-probs are cached, "
-            "keyed by a hash of what they depend on (default $CHATALIGN_CACHE, else ~/.cache/chatalign)."
+            "keyed by a hash of what they depend on (default $CHATALIGN_CACHE, else ~/.cache/chatalign); "
+            "precompute_ref_logprobs.py with no file fills it, a multi-process run_dpo reads it when it holds every "
+            "pair."
         },
     )
     precompute_file_path: str | None = field(
         default=None,
         metadata={
             "help": "Reference log-probs written by scripts/precompute_ref_logprobs.py: run_dpo then loads no reference "
-            "model; precompute_ref_logprobs.py writes (or completes) this file."
+            "model; precompute_ref_logprobs.py writes (or completes) this file (none named: the cache of "
+            "ref_logps_cache_dir)."
         },
     )
 
@@ -153,11 +156,15 @@ def check_dpo_run(model_args, data_args, training_args, script_args) -> None:
     check_recipe(model_args, data_args, script_args.ref_model_name_or_path)
 
 
-def use_ref_cache(model_args, training_args, script_args) -> bool:
-    """Whether run_dpo keeps its reference log-probs in the dependency-keyed cache: precompute_ref_log_probs without a
-    file named, one process (several processes keep TRL's own in-run pass, which shards it), no quantization (TRL's
-    pass refuses a quantized model without an adapter), no synced reference."""
-    return bool(training_args.precompute_ref_log_probs and not script_args.precompute_file_path
-                and training_args.world_size == 1 and not (model_args.load_in_4bit or model_args.load_in_8bit)
-                and not training_args.sync_ref_model)
+def ref_cache_mode(model_args, training_args, script_args) -> str | None:
+    """How run_dpo uses the dependency-keyed cache of reference log-probs: "compute" (one process: load what is
+    there, compute what is missing), "read" (several processes: use a cache holding every pair, else TRL's own in-run
+    pass, which shards the reference over the ranks; one rank cannot run a ZeRO-3 reference alone), or None: no
+    precompute_ref_log_probs, a file named, quantization (TRL's pass refuses a quantized model without an adapter) or a
+    synced reference."""
+    if not training_args.precompute_ref_log_probs or script_args.precompute_file_path:
+        return None
+    if model_args.load_in_4bit or model_args.load_in_8bit or training_args.sync_ref_model:
+        return None
+    return "compute" if training_args.world_size == 1 else "read"
 

@@ -32,6 +32,7 @@ from trl import DPOTrainer
 
 from chatalign.data.tokenizers import tokenizer_fingerprint
 from chatalign.store import atomic_path, cache_root, content_hash, pair_id
+from chatalign.train.chunked_logps import fit_fused_head_tiles
 from chatalign.train.models import reference_revision
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ def compute_ref_logps(model, tokenizer, training_args, datasets_to_do, path, dat
     args.report_to = []
     args.eval_strategy = "no"  # this trainer only runs the reference pass; every split goes through it as "train"
     args.padding_free = False  # TRL's stock trainer would only warn and pad; the numbers are the same either way
+    fit_fused_head_tiles(args.device)  # a model loaded elsewhere would otherwise run TRL's GPU-sized tiles on CPU
     batch_size = args.precompute_ref_batch_size or args.per_device_train_batch_size
     trainer = None
     for start in range(0, len(todo), chunk_rows):
@@ -292,6 +294,15 @@ def compute_ref_logps(model, tokenizer, training_args, datasets_to_do, path, dat
 def ref_cache_path(dependencies: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
     """Where reference log-probs with these dependencies live when no precompute_file_path is named."""
     return cache_root(cache_dir) / "ref_logps" / f"{content_hash(dict(dependencies))[:32]}.parquet"
+
+
+def complete_ref_cache(dependencies: Mapping[str, Any], splits: list, cache_dir: str | Path | None = None) -> Path | None:
+    """The cache file of these dependencies if it holds every pair of `splits`, else None (absent or incomplete)."""
+    path = ref_cache_path(dependencies, cache_dir)
+    if not path.is_file():
+        return None
+    data = open_ref_logps_file(path, dependencies)
+    return path if all(key in data for split in splits for key in pair_keys(split)) else None
 
 
 def ensure_ref_logps(path: str | Path, dependencies: Mapping[str, Any], splits: list, tokenizer, training_args,
