@@ -123,25 +123,27 @@ def _pair_keys(rows):
 # DPO: padding-free vs padded
 
 
-def dpo_padding_free(quick: bool, peak: float) -> dict:
+def _dpo_trainer_and_batch(rows: list[dict], padding_free: bool, attn: str):
+    """A DPO trainer with an online reference over `rows`, and all of them collated as one batch."""
     from datasets import Dataset
     from trl import DPOConfig
 
     from chatalign.train.dpo.trainer import ChatalignDPOTrainer
 
-    tokenizer = _word_tokenizer()
+    args = DPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
+                     per_device_train_batch_size=len(rows), max_length=2048, activation_checkpointing=False,
+                     padding_free=padding_free)
+    trainer = ChatalignDPOTrainer(model=bench_model(attn), ref_model=bench_model(attn, seed=1), args=args,
+                                  train_dataset=Dataset.from_list(rows), processing_class=_word_tokenizer())
+    return trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+
+
+def dpo_padding_free(quick: bool, peak: float) -> dict:
     n = 4 if quick else 8
     rows = _preference_rows(n, seed=5, clip=clip_for(quick))
     attn = "chatalign_varlen" if varlen_available() else "sdpa"
-    trainers = {}
-    for name, flag in (("padded", False), ("padding_free", True)):
-        args = DPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
-                         per_device_train_batch_size=n, max_length=2048, activation_checkpointing=False,
-                         padding_free=flag)
-        policy, reference = bench_model(attn if flag else "sdpa"), bench_model(attn if flag else "sdpa", seed=1)
-        trainer = ChatalignDPOTrainer(model=policy, ref_model=reference, args=args,
-                                      train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-        trainers[name] = (trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(n)]))
+    trainers = {"padded": _dpo_trainer_and_batch(rows, False, "sdpa"),
+                "padding_free": _dpo_trainer_and_batch(rows, True, attn)}
 
     def step(name):
         trainer, batch = trainers[name]
@@ -202,7 +204,6 @@ def kto_padding_free(quick: bool, peak: float) -> dict:
                   rows=n, kl_completions=kl)
 
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # TRL's fused LM head on CPU: scoring the labelled positions only (chatalign's fit) vs every position (TRL off Triton)
 
@@ -210,23 +211,11 @@ def kto_padding_free(quick: bool, peak: float) -> dict:
 def fused_head_positions(quick: bool, peak: float) -> dict:
     import trl.kernels.chunked_logprob as kernel
     import trl.trainer.utils as trl_utils
-    from datasets import Dataset
-    from trl import DPOConfig
 
-    from chatalign.train.chunked_logps import fit_fused_head_tiles
-    from chatalign.train.dpo.trainer import ChatalignDPOTrainer
-
-    fit_fused_head_tiles("cpu")
-    compact, every = trl_utils._use_triton, kernel._use_triton
-    tokenizer = _word_tokenizer()
     n = 4 if quick else 8
-    rows = _preference_rows(n, seed=5, clip=clip_for(quick))
     attn = "chatalign_varlen" if varlen_available() else "sdpa"
-    args = DPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
-                     per_device_train_batch_size=n, max_length=2048, activation_checkpointing=False, padding_free=True)
-    trainer = ChatalignDPOTrainer(model=bench_model(attn), ref_model=bench_model(attn, seed=1), args=args,
-                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    trainer, batch = _dpo_trainer_and_batch(_preference_rows(n, seed=5, clip=clip_for(quick)), True, attn)
+    compact, every = trl_utils._use_triton, kernel._use_triton  # the trainer installed chatalign's CPU choice
     losses = {}
 
     def step(name, decide):

@@ -250,15 +250,16 @@ class ChatalignKTOTrainer(KTOTrainer):
                 raise ValueError("padding_free=True flattens batches with its own collator; a data_collator cannot "
                                  "be given with it")
             kwargs["data_collator"] = PaddingFreeUnpairedCollator(max_length=config.max_length)
-        if config is not None:  # before TRL's __init__, which runs the precompute_ref_log_probs pass
+        # load_model fits them too, but a trainer given a model loaded elsewhere must not run TRL's GPU-sized tiles
+        # on CPU: fitted before TRL's __init__, which runs the precompute_ref_log_probs pass.
+        if config is not None:
             fit_fused_head_tiles(config.device)
         super().__init__(*args, **kwargs)
         self.padding_free = padding_free
         if padding_free and self._is_vision_dataset:
             raise ValueError("padding_free=True is not supported for vision datasets")
-        # load_model fits them too; a trainer given a model loaded elsewhere (or no args) must not run TRL's
-        # GPU-sized tiles on CPU.
-        fit_fused_head_tiles(self.args.device)
+        if config is None:  # TRL made the default config: its device is known only now
+            fit_fused_head_tiles(self.args.device)
 
     # -- padding-free: the forwards on the flattened rows, TRL's loss on the padded layout ---------------------------
 

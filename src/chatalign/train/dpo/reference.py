@@ -301,8 +301,12 @@ def complete_ref_cache(dependencies: Mapping[str, Any], splits: list, cache_dir:
     path = ref_cache_path(dependencies, cache_dir)
     if not path.is_file():
         return None
-    data = open_ref_logps_file(path, dependencies)
-    return path if all(key in data for split in splits for key in pair_keys(split)) else None
+    return None if missing_pair_keys(open_ref_logps_file(path, dependencies), splits) else path
+
+
+def missing_pair_keys(data: RefLogps, splits: list) -> set[str]:
+    """The pair ids of `splits` that `data` holds no reference log-probs for."""
+    return {key for split in splits for key in pair_keys(split) if key not in data}
 
 
 def ensure_ref_logps(path: str | Path, dependencies: Mapping[str, Any], splits: list, tokenizer, training_args,
@@ -312,7 +316,7 @@ def ensure_ref_logps(path: str | Path, dependencies: Mapping[str, Any], splits: 
     Returns the contents and how many pairs this call computed."""
     path = Path(path)
     data = open_ref_logps_file(path, dependencies) if path.exists() else RefLogps({}, set(), {})
-    missing = {key for split in splits for key in pair_keys(split) if key not in data}
+    missing = missing_pair_keys(data, splits)
     if not missing and path.exists():
         logger.info("reference log-probs of all %d pairs loaded from %s: the reference model is not loaded",
                     sum(len(s) for s in splits), path)

@@ -154,7 +154,9 @@ class ChatalignDPOTrainer(DPOTrainer):
                 )  # fmt: skip
         if padding_free:
             config.padding_free = False  # TRL would warn that it falls back to padding; this trainer does not
-        if config is not None:  # before TRL's __init__, which runs the precompute_ref_log_probs pass
+        # load_model fits them too, but a trainer given a model loaded elsewhere must not run TRL's GPU-sized tiles
+        # on CPU: fitted before TRL's __init__, which runs the precompute_ref_log_probs pass.
+        if config is not None:
             fit_fused_head_tiles(config.device)
         try:
             super().__init__(*args, **kwargs)
@@ -164,9 +166,8 @@ class ChatalignDPOTrainer(DPOTrainer):
         self.padding_free = padding_free
         if padding_free and self._is_vision_dataset:
             raise ValueError("padding_free=True is not supported for vision datasets")
-        # load_model fits them too; a trainer given a model loaded elsewhere (or no args) must not run TRL's
-        # GPU-sized tiles on CPU.
-        fit_fused_head_tiles(self.args.device)
+        if config is None:  # TRL made the default config: its device is known only now
+            fit_fused_head_tiles(self.args.device)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         trl_prepare = super()._prepare_dataset  # TRL 1.16's reads these two settings of args, and the tokenizer
